@@ -1,0 +1,59 @@
+"""The ``repro`` command line: a Click group; each command parses options and calls one function.
+
+Launch the same commands with one rank (``repro train``) or many (``mpiexec -n 4 repro train``).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import click
+
+from repro import __version__
+from repro.engine import comm
+
+
+@dataclass
+class Obj:
+    """Shared state for every command (``ctx.obj``)."""
+
+    device: str = "auto"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="repro")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", envvar="REPRO_DEVICE",
+              show_default=True, help="Array backend: NumPy on CPU or CuPy on GPU (auto = GPU if CuPy sees one).")
+@click.pass_context
+def cli(ctx: click.Context, device: str) -> None:
+    """Reproduce the cat-neuron experiment (Le et al. 2012) on a GPU or CPU cluster (Coates et al. 2013)."""
+    ctx.obj = Obj(device=device)
+
+
+def _register() -> None:
+    """Attach the commands that exist. One small module per command."""
+    from repro.commands import register
+
+    register(cli)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: any error on any rank ends every rank of the job."""
+    with comm.abort_on_error():
+        try:
+            rv = cli.main(args=argv, prog_name="repro", standalone_mode=False)
+        except click.exceptions.Abort:
+            raise KeyboardInterrupt from None
+        except click.ClickException as exc:
+            if comm.world().size > 1:
+                comm._report_and_abort(f"Error: {exc.format_message()}", exc.exit_code)
+            exc.show()
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

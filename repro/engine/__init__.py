@@ -1,0 +1,1 @@
+"""The one engine every paper step stands on: array backend, MPI world, partitions, DistArray, kernels."""

@@ -1,0 +1,103 @@
+"""Array backend: NumPy on CPUs, CuPy on GPUs, one code path.
+
+The array module is chosen once (``--device``) and passed along as ``xp``; conversion to NumPy
+happens only at I/O boundaries (checkpoints, reports, MPI staging when MPI is not CUDA-aware).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+DTYPE = np.float32  # float32 everywhere; gradient checks ask for float64 explicitly
+
+
+def _cupy() -> ModuleType | None:
+    """CuPy if it is importable and sees at least one GPU, else None."""
+    try:
+        import cupy  # type: ignore[import-not-found]
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU"
+        return None
+    return None
+
+
+def gpu_available() -> bool:
+    return _cupy() is not None
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """numpy or cupy, whichever owns the arrays (the kernels accept either)."""
+    for a in arrays:
+        if type(a).__module__.startswith("cupy"):
+            import cupy  # type: ignore[import-not-found]
+
+            return cupy
+    return np
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Host copy of a NumPy or CuPy array (I/O boundary)."""
+    if type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The array module and device a process computes with."""
+
+    name: str  # "cpu" or "gpu"
+    xp: ModuleType
+    device_id: int | None = None
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "gpu"
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        return to_numpy(a)
+
+    def synchronize(self) -> None:
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+
+def select_backend(device: str = "auto", local_rank: int = 0) -> Backend:
+    """Pick the backend once. ``auto`` = GPU when CuPy sees one, else CPU.
+
+    With several ranks per node each rank takes GPU ``local_rank % n_gpus`` (one MPI process
+    per GPU, as in Coates et al.).
+    """
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"unknown device {device!r}: choose auto, cpu or gpu")
+    if device == "cpu":
+        return Backend("cpu", np)
+    cp = _cupy()
+    if cp is None:
+        if device == "gpu":
+            raise RuntimeError("--device gpu: CuPy is not installed or sees no GPU (pip install 'repro[gpu]')")
+        return Backend("cpu", np)
+    n = cp.cuda.runtime.getDeviceCount()
+    dev = local_rank % n
+    cp.cuda.Device(dev).use()
+    return Backend("gpu", cp, dev)
+
+
+def local_rank_from_env() -> int:
+    """The rank within its node, as launchers export it (MPICH/Hydra, Open MPI, Slurm)."""
+    for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0

@@ -1,0 +1,146 @@
+"""The MPI world, through mpi4py.
+
+Works the same under plain ``repro ...`` (one rank, MPI singleton) and ``mpiexec -n N repro ...``.
+Any uncaught error on any rank aborts the whole job (``MPI_Abort``) within seconds instead of
+leaving the other ranks blocked in a collective: see :func:`abort_on_error`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+from mpi4py import MPI
+
+# How long a failing rank other than 0 waits before it prints, so that an error raised on every
+# rank at once (bad input) is shown once, by rank 0, whose abort then ends the others.
+_ABORT_GRACE_S = 0.5
+
+
+@dataclass
+class World:
+    """One MPI communicator and what the engine needs to know about it."""
+
+    comm: Any = field(default_factory=lambda: MPI.COMM_WORLD)
+
+    @property
+    def rank(self) -> int:
+        return self.comm.Get_rank()
+
+    @property
+    def size(self) -> int:
+        return self.comm.Get_size()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self.comm.bcast(obj, root=root)
+
+    def allgather(self, obj: Any) -> list:
+        return self.comm.allgather(obj)
+
+    def allreduce_sum(self, value: float) -> float:
+        """Sum of a Python scalar over ranks, summed in rank order so every rank gets the same bits."""
+        if self.size == 1:
+            return float(value)
+        return float(sum(self.comm.allgather(float(value))))
+
+    def allreduce_max(self, value: float) -> float:
+        if self.size == 1:
+            return float(value)
+        return float(self.comm.allreduce(float(value), op=MPI.MAX))
+
+    def abort(self, code: int = 1) -> None:
+        self.comm.Abort(code)
+
+
+_WORLD: World | None = None
+
+
+def world() -> World:
+    """The process-wide world (MPI.COMM_WORLD)."""
+    global _WORLD
+    if _WORLD is None:
+        _WORLD = World()
+    return _WORLD
+
+
+def cuda_aware_mpi() -> bool:
+    """Whether MPI may be handed GPU buffers directly.
+
+    Detected, not assumed: ``REPRO_CUDA_AWARE_MPI=0|1`` overrides; otherwise MPICH/MVAPICH2 and
+    Open MPI report it through their environment or library version string. When unsure: False,
+    and GPU halos are staged through host memory (always correct, a little slower).
+    """
+    env = os.environ.get("REPRO_CUDA_AWARE_MPI")
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes")
+    if os.environ.get("MPICH_GPU_SUPPORT_ENABLED") == "1" or os.environ.get("MV2_USE_CUDA") == "1":
+        return True
+    query = getattr(MPI, "Query_cuda_support", None)  # mpi4py >= 4.1 where the library has it
+    if query is not None:
+        try:
+            return bool(query())
+        except Exception:
+            return False
+    version = MPI.Get_library_version().lower()
+    return "cuda" in version and "open mpi" in version and os.environ.get("OMPI_MCA_opal_cuda_support") == "true"
+
+
+def _report_and_abort(message: str, code: int) -> None:
+    w = world()
+    if w.size > 1:
+        if w.rank != 0:
+            time.sleep(_ABORT_GRACE_S)
+        prefix = f"[rank {w.rank}] " if w.size > 1 else ""
+        sys.stderr.write(prefix + message.rstrip() + "\n")
+        sys.stderr.flush()
+        w.abort(code)
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def abort_on_error(user_errors: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run a job so that an error on one rank ends all ranks promptly.
+
+    ``user_errors`` are errors a user can act on (bad input): shown as one line, no traceback.
+    Anything else is a bug: the traceback is shown. Either way, with several ranks the job is
+    aborted through MPI, so no rank is left waiting in a collective for one that died.
+    """
+    try:
+        yield
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code != 0 and world().size > 1:
+            _report_and_abort(f"error: exit code {code}", code)
+        raise
+    except KeyboardInterrupt:
+        _report_and_abort("interrupted", 130)
+    except user_errors as exc:
+        _report_and_abort(f"error: {exc}", 1)
+    except BaseException:
+        _report_and_abort(traceback.format_exc(), 1)
+
+
+def sum_in_rank_order(local: np.ndarray, w: World | None = None) -> np.ndarray:
+    """Sum a small host array over ranks in a fixed order (deterministic, unlike MPI_SUM trees)."""
+    w = w or world()
+    if w.size == 1:
+        return np.asarray(local)
+    parts = w.comm.allgather(np.asarray(local))
+    out = np.zeros_like(parts[0])
+    for p in parts:
+        out = out + p
+    return out
