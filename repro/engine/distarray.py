@@ -1,0 +1,225 @@
+"""DistArray: one rank's tile of a ``(batch, maps, height, width)`` array spread over ranks.
+
+Before a layer computes, each rank says which input window its output tile needs; ``fetch``
+brings the parts of that window that other ranks own (the halo) and returns it as one array.
+``scatter_add`` is the adjoint: it sends each part of a window-shaped gradient back to the rank
+that owns it, which adds it into its tile. After that, layer code is single-device code.
+
+The exchange pattern depends only on the partitions, so it is computed once per layer
+(:class:`HaloPlan`) and every rank knows, without asking, what to send and what to receive.
+Messages are non-blocking; on GPUs device buffers go straight to MPI when it is CUDA-aware,
+otherwise they are staged through host memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from repro.engine.backend import get_array_module, to_numpy
+from repro.engine.comm import World, cuda_aware_mpi, world
+from repro.engine.partition import Box, Partition, box_empty, box_intersect, box_shape
+
+_TAG_FETCH = 11
+_TAG_ADJOINT = 12
+
+
+@dataclass(frozen=True)
+class _Piece:
+    peer: int
+    box: Box  # global coordinates of the piece
+
+
+@dataclass
+class HaloPlan:
+    """Who sends what to whom when rank ``rank`` and its peers fetch their windows of ``part``.
+
+    ``windows[q]`` is the (global) input window rank q needs; it may extend past the array's
+    bounds, where the fetched values are zero.
+    """
+
+    part: Partition
+    windows: list[Box]
+    rank: int
+    sends: list[_Piece] = field(init=False)  # parts of my tile that peers need
+    recvs: list[_Piece] = field(init=False)  # parts of my window that peers own
+    local: Box | None = field(init=False)  # part of my window I own myself
+
+    def __post_init__(self) -> None:
+        if len(self.windows) != self.part.grid.size:
+            raise ValueError("one window per rank is needed")
+        mine = self.part.tile(self.rank)
+        win = self.windows[self.rank]
+        self.sends, self.recvs = [], []
+        for q in range(self.part.grid.size):
+            if q == self.rank:
+                continue
+            if not box_empty(self.windows[q]):
+                inter = box_intersect(mine, self.windows[q])
+                if inter is not None:
+                    self.sends.append(_Piece(q, inter))
+            if not box_empty(win):
+                inter = box_intersect(self.part.tile(q), win)
+                if inter is not None:
+                    self.recvs.append(_Piece(q, inter))
+        self.local = None if box_empty(win) else box_intersect(mine, win)
+
+    @property
+    def window(self) -> Box:
+        return self.windows[self.rank]
+
+    @property
+    def tile(self) -> Box:
+        return self.part.tile(self.rank)
+
+    def halo_elements(self) -> int:
+        """Spatial positions received from peers (times batch*maps = halo size)."""
+        return sum(box_shape(p.box)[0] * box_shape(p.box)[1] for p in self.recvs)
+
+
+def _rel(box: Box, origin: Box) -> tuple[slice, slice]:
+    """Slices of ``box`` in the coordinates of an array whose top-left corner is ``origin``'s."""
+    return (slice(box[0] - origin[0], box[1] - origin[0]), slice(box[2] - origin[2], box[3] - origin[2]))
+
+
+class _Exchanger:
+    """Posts non-blocking messages of xp arrays, staging through host memory when it must."""
+
+    def __init__(self, xp: Any, w: World) -> None:
+        self.xp = xp
+        self.w = w
+        self.gpu = xp is not np
+        self.direct = (not self.gpu) or cuda_aware_mpi()
+        self.requests: list[MPI.Request] = []
+        self.keep: list[Any] = []
+
+    def send(self, arr: Any, peer: int, tag: int) -> None:
+        buf = self.xp.ascontiguousarray(arr)
+        if self.gpu:
+            if self.direct:
+                self.xp.cuda.get_current_stream().synchronize()
+            else:
+                buf = to_numpy(buf)
+        self.keep.append(buf)
+        self.requests.append(self.w.comm.Isend(buf, dest=peer, tag=tag))
+
+    def recv(self, shape: tuple[int, ...], dtype: Any, peer: int, tag: int) -> Any:
+        buf = (self.xp if self.direct else np).empty(shape, dtype=dtype)
+        self.requests.append(self.w.comm.Irecv(buf, source=peer, tag=tag))
+        return buf
+
+    def wait(self) -> None:
+        MPI.Request.Waitall(self.requests)
+        self.requests, self.keep = [], []
+
+    def to_xp(self, buf: Any) -> Any:
+        return self.xp.asarray(buf) if (self.gpu and not self.direct) else buf
+
+
+class DistArray:
+    """This rank's tile ``data[b, c, ty, tx]`` of a global ``(B, C, H, W)`` array."""
+
+    def __init__(self, data: Any, part: Partition, w: World | None = None, full: Any = None) -> None:
+        self.w = w or world()
+        self.part = part
+        self.data = data
+        self.full = full  # set when every rank holds the whole array (the input images)
+        want = box_shape(part.tile(self.w.rank))
+        if tuple(data.shape[2:]) != want:
+            raise ValueError(f"tile has spatial shape {tuple(data.shape[2:])}, partition says {want}")
+
+    @classmethod
+    def from_replicated(cls, full: Any, part: Partition, w: World | None = None) -> "DistArray":
+        """Every rank holds the whole array (e.g. the same minibatch of images): no messages needed."""
+        w = w or world()
+        y0, y1, x0, x1 = part.tile(w.rank)
+        return cls(full[:, :, y0:y1, x0:x1], part, w, full=full)
+
+    @property
+    def tile(self) -> Box:
+        return self.part.tile(self.w.rank)
+
+    def fetch(self, plan: HaloPlan) -> Any:
+        """The window ``plan.window`` of the global array (zeros outside its bounds)."""
+        xp = get_array_module(self.data)
+        B, C = self.data.shape[:2]
+        win = plan.window
+        wh, ww = box_shape(win)
+        if self.full is not None:  # replicated: the window is a local slice
+            H, W = self.part.shape
+            if win[0] >= 0 and win[2] >= 0 and win[1] <= H and win[3] <= W:
+                return self.full[:, :, win[0]:win[1], win[2]:win[3]]
+        out = xp.zeros((B, C, wh, ww), dtype=self.data.dtype)
+        if wh == 0 or ww == 0:
+            if self.w.size > 1:
+                self._post_sends_only(plan, xp)
+            return out
+        ex = _Exchanger(xp, self.w)
+        incoming = [(p, ex.recv((B, C) + box_shape(p.box), self.data.dtype, p.peer, _TAG_FETCH))
+                    for p in plan.recvs if self.full is None]
+        for p in plan.sends:
+            if self.full is None:
+                ex.send(self.data[(slice(None), slice(None)) + _rel(p.box, self.tile)], p.peer, _TAG_FETCH)
+        if self.full is not None:
+            inter = box_intersect(win, (0, self.part.shape[0], 0, self.part.shape[1]))
+            if inter is not None:
+                out[(slice(None), slice(None)) + _rel(inter, win)] = self.full[:, :, inter[0]:inter[1], inter[2]:inter[3]]
+            return out
+        if plan.local is not None:
+            out[(slice(None), slice(None)) + _rel(plan.local, win)] = \
+                self.data[(slice(None), slice(None)) + _rel(plan.local, self.tile)]
+        ex.wait()
+        for p, buf in incoming:
+            out[(slice(None), slice(None)) + _rel(p.box, win)] = ex.to_xp(buf)
+        return out
+
+    def _post_sends_only(self, plan: HaloPlan, xp: Any) -> None:
+        if self.full is not None:
+            return
+        ex = _Exchanger(xp, self.w)
+        for p in plan.sends:
+            ex.send(self.data[(slice(None), slice(None)) + _rel(p.box, self.tile)], p.peer, _TAG_FETCH)
+        ex.wait()
+
+
+def scatter_add(window_grad: Any, plan: HaloPlan, w: World | None = None) -> Any:
+    """Adjoint of :meth:`DistArray.fetch`: sum every rank's window-shaped array into the owners' tiles.
+
+    Returns this rank's tile ``(B, C, ty, tx)``: its own part of its window plus what each peer's
+    window holds over this tile. Parts of a window outside the array's bounds are dropped.
+    """
+    w = w or world()
+    xp = get_array_module(window_grad)
+    B, C = window_grad.shape[:2]
+    tile = plan.tile
+    out = xp.zeros((B, C) + box_shape(tile), dtype=window_grad.dtype)
+    ex = _Exchanger(xp, w)
+    incoming = [(p, ex.recv((B, C) + box_shape(p.box), window_grad.dtype, p.peer, _TAG_ADJOINT)) for p in plan.sends]
+    win = plan.window
+    for p in plan.recvs:  # what I fetched from p.peer goes back to it
+        ex.send(window_grad[(slice(None), slice(None)) + _rel(p.box, win)], p.peer, _TAG_ADJOINT)
+    if plan.local is not None:
+        out[(slice(None), slice(None)) + _rel(plan.local, tile)] += \
+            window_grad[(slice(None), slice(None)) + _rel(plan.local, win)]
+    ex.wait()
+    # Add peers' contributions in rank order so the sum does not depend on message arrival.
+    for p, buf in sorted(incoming, key=lambda pb: pb[0].peer):
+        out[(slice(None), slice(None)) + _rel(p.box, tile)] += ex.to_xp(buf)
+    return out
+
+
+def gather(arr: DistArray, root: int | None = 0) -> np.ndarray | None:
+    """The whole global array as NumPy on ``root`` (all ranks if root is None); for I/O and tests."""
+    w = arr.w
+    B, C = arr.data.shape[:2]
+    H, W = arr.part.shape
+    pieces = w.comm.allgather(to_numpy(arr.data)) if root is None else w.comm.gather(to_numpy(arr.data), root=root)
+    if pieces is None:
+        return None
+    out = np.zeros((B, C, H, W), dtype=pieces[0].dtype)
+    for r, piece in enumerate(pieces):
+        y0, y1, x0, x1 = arr.part.tile(r)
+        out[:, :, y0:y1, x0:x1] = piece
+    return out
