@@ -1,0 +1,52 @@
+"""Run a chunked loop on a small thread pool (CPU) or inline (GPU).
+
+Why threads: NumPy releases the GIL in copies and in BLAS, and a single small GEMM per chunk
+does not keep several cores busy by itself; cutting the locations into chunks and running the
+chunks concurrently does. On GPUs the work is already asynchronous on the stream, so chunks run
+in order on the calling thread.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def n_threads() -> int:
+    """Worker threads for the CPU kernels.
+
+    REPRO_KERNEL_THREADS if set; else the usable cores, capped by OMP_NUM_THREADS when set (MPI
+    launches with several ranks per node set it to 1 so ranks do not oversubscribe the cores).
+    """
+    env = os.environ.get("REPRO_KERNEL_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        cores = min(cores, int(omp))
+    return max(1, cores)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=n_threads(), thread_name_prefix="repro-kernel")
+    return _POOL
+
+
+def map_chunks(fn: Callable[[int, int], None], n: int, chunk: int, gpu: bool = False) -> None:
+    """Call fn(lo, hi) for consecutive ranges of size <= chunk covering range(n)."""
+    ranges = [(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
+    if gpu or len(ranges) == 1 or n_threads() == 1:
+        for lo, hi in ranges:
+            fn(lo, hi)
+        return
+    # a few ranges per worker keeps the load balanced; results are written in place
+    for f in [_pool().submit(fn, lo, hi) for lo, hi in ranges]:
+        f.result()

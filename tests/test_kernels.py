@@ -1,0 +1,319 @@
+"""Kernels against slow loop references, adjointness, finite differences, NumPy vs CuPy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from repro.engine.kernels import (
+    gaussian_window,
+    l2pool_backward,
+    l2pool_forward,
+    lc_backward_data,
+    lc_backward_weights,
+    lc_flops,
+    lc_forward,
+    lc_output_shape,
+    lcn_backward,
+    lcn_forward,
+)
+
+# (B, C, H, W, k, stride, F): strides 1-3, windows that do not tile (11, k=4, s=3),
+# 1 and 3 input maps, non-square images, F = 1 and 5
+LC_CASES = [
+    (2, 1, 7, 7, 3, 1, 1),
+    (3, 3, 11, 11, 4, 3, 5),
+    (2, 3, 9, 12, 3, 2, 5),
+    (1, 1, 11, 8, 4, 3, 1),
+    (4, 3, 10, 7, 5, 1, 5),
+    (2, 3, 13, 10, 3, 3, 1),
+]
+POOL_CASES = [(2, 3, 7, 9, 3, 1), (1, 2, 11, 8, 3, 2), (2, 1, 10, 10, 5, 3), (1, 2, 6, 7, 2, 2)]
+LCN_CASES = [(2, 3, 9, 8, 5, 1.5), (1, 1, 7, 7, 3, 1.0), (2, 4, 10, 13, 7, 2.0)]
+
+
+def _lc_case(case, dtype=np.float64, seed=0):
+    B, C, H, W, k, s, F = case
+    rng = np.random.default_rng(seed)
+    OY, OX = lc_output_shape((H, W), k, s)
+    x = rng.standard_normal((B, C, H, W)).astype(dtype)
+    Wt = rng.standard_normal((OY, OX, F, C, k, k)).astype(dtype)
+    dy = rng.standard_normal((B, F, OY, OX)).astype(dtype)
+    return x, Wt, dy, k, s
+
+
+# ---------------------------------------------------------------- slow, obviously correct references
+def ref_lc_forward(x, W, s):
+    B = x.shape[0]
+    OY, OX, F, C, k, _ = W.shape
+    y = np.zeros((B, F, OY, OX))
+    for b in range(B):
+        for f in range(F):
+            for i in range(OY):
+                for j in range(OX):
+                    y[b, f, i, j] = np.sum(W[i, j, f] * x[b, :, i * s : i * s + k, j * s : j * s + k])
+    return y
+
+
+def ref_lc_backward_data(dy, W, s, shape):
+    dx = np.zeros(shape)
+    OY, OX, F, C, k, _ = W.shape
+    for b in range(shape[0]):
+        for f in range(F):
+            for i in range(OY):
+                for j in range(OX):
+                    dx[b, :, i * s : i * s + k, j * s : j * s + k] += dy[b, f, i, j] * W[i, j, f]
+    return dx
+
+
+def ref_lc_backward_weights(x, dy, s, k):
+    B, F, OY, OX = dy.shape
+    dW = np.zeros((OY, OX, F, x.shape[1], k, k))
+    for b in range(B):
+        for f in range(F):
+            for i in range(OY):
+                for j in range(OX):
+                    dW[i, j, f] += dy[b, f, i, j] * x[b, :, i * s : i * s + k, j * s : j * s + k]
+    return dW
+
+
+def ref_l2pool(y, size, s, eps):
+    B, F, H, W = y.shape
+    oh, ow = (H - size) // s + 1, (W - size) // s + 1
+    p = np.zeros((B, F, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            win = y[:, :, i * s : i * s + size, j * s : j * s + size]
+            p[:, :, i, j] = np.sqrt(eps + (win**2).sum(axis=(2, 3)))
+    return p
+
+
+def ref_lcn(x, size, sigma, eps):
+    B, C, H, W = x.shape
+    t = np.arange(size) - (size - 1) / 2
+    g = np.exp(-0.5 * (t[:, None] ** 2 + t[None, :] ** 2) / sigma**2)
+    w = g / (C * g.sum())
+    r = size // 2
+    out = np.zeros((B, C, H - size + 1, W - size + 1))
+    for b in range(B):
+        for i in range(H - size + 1):
+            for j in range(W - size + 1):
+                win = x[b, :, i : i + size, j : j + size]
+                m = np.sum(w * win)
+                v2 = max(np.sum(w * win**2) - m**2, 0.0)
+                out[b, :, i, j] = (x[b, :, i + r, j + r] - m) / np.sqrt(eps + v2)
+    return out
+
+
+def _fd_check(f, x, g_analytic, n=12, h=1e-6, seed=1, rtol=1e-5, atol=1e-7):
+    """Central differences of the scalar f at n random coordinates of x."""
+    rng = np.random.default_rng(seed)
+    for idx in zip(*(rng.integers(0, d, n) for d in x.shape)):
+        xp_, xm = x.copy(), x.copy()
+        xp_[idx] += h
+        xm[idx] -= h
+        num = (f(xp_) - f(xm)) / (2 * h)
+        assert num == pytest.approx(g_analytic[idx], rel=rtol, abs=atol), idx
+
+
+# ---------------------------------------------------------------- locally connected
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc_forward_matches_loop(case):
+    x, W, dy, k, s = _lc_case(case)
+    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc_backward_data_matches_loop(case):
+    x, W, dy, k, s = _lc_case(case)
+    dx = lc_backward_data(dy, W, s, x.shape)
+    np.testing.assert_allclose(dx, ref_lc_backward_data(dy, W, s, x.shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc_backward_weights_matches_loop(case):
+    x, W, dy, k, s = _lc_case(case)
+    dW = lc_backward_weights(x, dy, s, k)
+    assert dW.shape == W.shape
+    np.testing.assert_allclose(dW, ref_lc_backward_weights(x, dy, s, k), rtol=1e-12, atol=1e-12)
+
+
+def test_lc_backward_data_zero_where_no_window_reaches():
+    x, W, dy, k, s = _lc_case((2, 3, 11, 12, 4, 3, 5))  # rows/cols 10 (and 11) are never read
+    dx = lc_backward_data(dy, W, s, x.shape)
+    assert np.all(dx[:, :, 10:, :] == 0) and np.all(dx[:, :, :, 10:] == 0)
+    assert np.all(dx[:, :, :10, :10] != 0)
+
+
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc_adjoints(case):
+    x, W, dy, k, s = _lc_case(case, seed=3)
+    a = np.vdot(lc_forward(x, W, s), dy)
+    b = np.vdot(x, lc_backward_data(dy, W, s, x.shape))
+    c = np.vdot(W, lc_backward_weights(x, dy, s, k))
+    assert b == pytest.approx(a, rel=1e-12, abs=1e-12)
+    assert c == pytest.approx(a, rel=1e-12, abs=1e-12)
+
+
+def test_lc_larger_than_one_chunk():
+    """Many locations and a wide batch: several chunks, run on the thread pool."""
+    x, W, dy, k, s = _lc_case((40, 4, 30, 30, 6, 1, 3), dtype=np.float32)
+    y = lc_forward(x, W, s)
+    ref = np.einsum("ijfcuv,bcijuv->bfij", W.astype(np.float64),
+                    np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (k, k), axis=(2, 3)))
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3)
+    a = np.vdot(y.astype(np.float64), dy)
+    assert np.vdot(x, lc_backward_data(dy, W, s, x.shape).astype(np.float64)) == pytest.approx(a, rel=1e-4)
+    assert np.vdot(W, lc_backward_weights(x, dy, s, k).astype(np.float64)) == pytest.approx(a, rel=1e-4)
+
+
+def test_lc_float32_stays_float32():
+    x, W, dy, k, s = _lc_case(LC_CASES[1], dtype=np.float32)
+    assert lc_forward(x, W, s).dtype == np.float32
+    assert lc_backward_data(dy, W, s, x.shape).dtype == np.float32
+    assert lc_backward_weights(x, dy, s, k).dtype == np.float32
+
+
+def test_lc_flops():
+    assert lc_flops(3, (2, 4, 5, 3, 6, 6)) == 2.0 * 3 * 2 * 4 * 5 * 3 * 36
+
+
+def test_lc_shape_errors():
+    x, W, dy, k, s = _lc_case(LC_CASES[1])
+    with pytest.raises(ValueError):
+        lc_forward(x, W, s + 1)
+    with pytest.raises(ValueError):
+        lc_backward_weights(x, dy[:, :, :-1], s, k)
+
+
+# ---------------------------------------------------------------- L2 pooling
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_l2pool_forward_matches_loop(case):
+    B, F, H, W, size, s = case
+    y = np.random.default_rng(0).standard_normal((B, F, H, W))
+    np.testing.assert_allclose(l2pool_forward(y, size, s, 1e-2), ref_l2pool(y, size, s, 1e-2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_l2pool_gradient(case):
+    B, F, H, W, size, s = case
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal((B, F, H, W))
+    p = l2pool_forward(y, size, s, 1e-2)
+    dp = rng.standard_normal(p.shape)
+    dy = l2pool_backward(dp, y, p, size, s)
+    _fd_check(lambda v: np.vdot(l2pool_forward(v, size, s, 1e-2), dp), y, dy)
+
+
+def test_l2pool_float32():
+    y = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    p = l2pool_forward(y, 3, 1, 1e-2)
+    assert p.dtype == np.float32
+    assert l2pool_backward(np.ones_like(p), y, p, 3, 1).dtype == np.float32
+
+
+# ---------------------------------------------------------------- LCN
+def test_gaussian_window():
+    g = gaussian_window(5, 1.5, np, np.float64)
+    assert g.shape == (5, 5) and g.sum() == pytest.approx(1.0)
+    assert g[2, 2] == g.max() and np.allclose(g, g.T) and np.allclose(g, g[::-1, ::-1])
+    assert gaussian_window(3, 1.0, np, np.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("case", LCN_CASES)
+def test_lcn_forward_matches_loop(case):
+    B, C, H, W, n, sigma = case
+    x = np.random.default_rng(0).standard_normal((B, C, H, W))
+    out = lcn_forward(x, n, sigma, 1e-2)
+    assert out.shape == (B, C, H - n + 1, W - n + 1)
+    np.testing.assert_allclose(out, ref_lcn(x, n, sigma, 1e-2), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", LCN_CASES)
+def test_lcn_gradient(case):
+    B, C, H, W, n, sigma = case
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((B, C, H, W)) + 0.5
+    dout = rng.standard_normal((B, C, H - n + 1, W - n + 1))
+    dx = lcn_backward(dout, x, n, sigma, 1e-2)
+    assert dx.shape == x.shape
+    _fd_check(lambda v: np.vdot(lcn_forward(v, n, sigma, 1e-2), dout), x, dx, n=20)
+
+
+def test_lcn_gradient_of_flat_region():
+    """Where the local variance clips to zero the gradient still matches finite differences."""
+    x = np.ones((1, 2, 6, 6))
+    x[0, :, :, 3:] += np.random.default_rng(0).standard_normal((2, 6, 3))
+    dout = np.random.default_rng(1).standard_normal((1, 2, 4, 4))
+    dx = lcn_backward(dout, x, 3, 1.0, 1e-2)
+    f = lambda v: np.vdot(lcn_forward(v, 3, 1.0, 1e-2), dout)
+    # coordinates well inside the constant region (variance exactly 0, away from the kink)
+    for idx in [(0, 0, 0, 0), (0, 1, 1, 0)]:
+        xp_, xm = x.copy(), x.copy()
+        xp_[idx] += 1e-6
+        xm[idx] -= 1e-6
+        assert (f(xp_) - f(xm)) / 2e-6 == pytest.approx(dx[idx], rel=1e-4, abs=1e-6)
+
+
+def test_lcn_float32():
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    out = lcn_forward(x, 5, 1.5, 1e-2)
+    assert out.dtype == np.float32
+    assert lcn_backward(np.ones_like(out), x, 5, 1.5, 1e-2).dtype == np.float32
+
+
+# ---------------------------------------------------------------- CuPy == NumPy
+def _cupy_or_skip():
+    cp = pytest.importorskip("cupy")
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception:  # driver missing
+        n = 0
+    if n == 0:
+        pytest.skip("CuPy sees no GPU")
+    return cp
+
+
+class TestCuPyMatchesNumPy:
+    @pytest.mark.parametrize("case", LC_CASES)
+    def test_lc(self, case):
+        cp = _cupy_or_skip()
+        x, W, dy, k, s = _lc_case(case)
+        gx, gW, gdy = cp.asarray(x), cp.asarray(W), cp.asarray(dy)
+        np.testing.assert_allclose(cp.asnumpy(lc_forward(gx, gW, s)), lc_forward(x, W, s), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(cp.asnumpy(lc_backward_data(gdy, gW, s, x.shape)),
+                                   lc_backward_data(dy, W, s, x.shape), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(cp.asnumpy(lc_backward_weights(gx, gdy, s, k)),
+                                   lc_backward_weights(x, dy, s, k), rtol=1e-10, atol=1e-10)
+
+    @pytest.mark.parametrize("case", LC_CASES)
+    def test_lc_float32(self, case):
+        cp = _cupy_or_skip()
+        x, W, dy, k, s = _lc_case(case, dtype=np.float32)
+        y = lc_forward(cp.asarray(x), cp.asarray(W), s)
+        assert y.dtype == cp.float32
+        np.testing.assert_allclose(cp.asnumpy(y), lc_forward(x, W, s), rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("case", POOL_CASES)
+    def test_l2pool(self, case):
+        cp = _cupy_or_skip()
+        B, F, H, W, size, s = case
+        y = np.random.default_rng(0).standard_normal((B, F, H, W))
+        p = l2pool_forward(y, size, s, 1e-2)
+        gp = l2pool_forward(cp.asarray(y), size, s, 1e-2)
+        np.testing.assert_allclose(cp.asnumpy(gp), p, rtol=1e-10)
+        dp = np.ones_like(p)
+        np.testing.assert_allclose(cp.asnumpy(l2pool_backward(cp.asarray(dp), cp.asarray(y), gp, size, s)),
+                                   l2pool_backward(dp, y, p, size, s), rtol=1e-10, atol=1e-12)
+
+    @pytest.mark.parametrize("case", LCN_CASES)
+    def test_lcn(self, case):
+        cp = _cupy_or_skip()
+        B, C, H, W, n, sigma = case
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((B, C, H, W))
+        dout = rng.standard_normal((B, C, H - n + 1, W - n + 1))
+        np.testing.assert_allclose(cp.asnumpy(lcn_forward(cp.asarray(x), n, sigma, 1e-2)),
+                                   lcn_forward(x, n, sigma, 1e-2), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(cp.asnumpy(lcn_backward(cp.asarray(dout), cp.asarray(x), n, sigma, 1e-2)),
+                                   lcn_backward(dout, x, n, sigma, 1e-2), rtol=1e-10, atol=1e-12)
+        assert gaussian_window(n, sigma, cp, cp.float32).dtype == cp.float32
