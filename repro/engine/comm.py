@@ -106,6 +106,7 @@ def _report_and_abort(message: str, code: int) -> None:
         sys.stderr.write(prefix + message.rstrip() + "\n")
         sys.stderr.flush()
         w.abort(code)
+        os._exit(code)  # MPI_Abort may return on the calling rank once the launcher has the message
     sys.stderr.write(message.rstrip() + "\n")
     sys.stderr.flush()
     raise SystemExit(code)

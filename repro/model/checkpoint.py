@@ -1,0 +1,176 @@
+"""Sharded checkpoints: each rank writes its tiles, rank 0 one manifest; any rank count reads them.
+
+Layout of ``DIR/step-00000300/``::
+
+    manifest.json     format, config, step, extra state, and per file the tile (y0, y1, x0, x1)
+                      of every tensor it holds (tensors are tiled over their first two axes,
+                      the output locations)
+    rank-00000.npz    one rank's tiles: weights and optimiser state, keyed by tensor name
+
+A checkpoint is written under a temporary name and renamed when every rank has finished, so a
+crash never leaves a half-written one; ``DIR/latest.json`` names the newest complete one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repro.engine.backend import to_numpy
+from repro.engine.comm import World, world
+from repro.engine.partition import box_intersect
+from repro.errors import ReproError
+from repro.model.config import NetworkConfig, from_dict
+
+FORMAT = 1
+
+
+def _shape_signature(cfg: NetworkConfig) -> dict[str, Any]:
+    """What must agree for a checkpoint to load into a network: its shapes, not its training knobs."""
+    return {"input_size": list(cfg.input_size), "channels": cfg.channels,
+            "weights": [list(cfg.weight_shape(i)) for i in range(len(cfg.stages))],
+            "stages": [dict(vars(s)) for s in cfg.stages]}
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save(directory: str | os.PathLike, step: int, cfg: NetworkConfig, tensors: dict[str, Any],
+         tiles: dict[str, tuple[int, int, int, int]], extra: dict[str, Any] | None = None,
+         w: World | None = None) -> Path:
+    """Collective: every rank passes its tiles; returns the final checkpoint folder."""
+    w = w or world()
+    root = Path(directory)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".step-{step:08d}.partial"
+    if w.is_root:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    w.barrier()
+    fname = f"rank-{w.rank:05d}.npz"
+    host = {name: to_numpy(t) for name, t in tensors.items()}
+    with open(tmp / fname, "wb") as fh:
+        np.savez(fh, **host)
+    entries = w.comm.gather({"file": fname, "tiles": {n: list(tiles[n]) for n in tensors}}, root=0)
+    if w.is_root:
+        full_shapes = {}
+        for n, t in host.items():
+            full_shapes[n] = None  # filled below from the tiles of all ranks
+        for n in host:
+            ys = [e["tiles"][n] for e in entries]
+            full_shapes[n] = [max(b[1] for b in ys), max(b[3] for b in ys)] + list(host[n].shape[2:])
+        manifest = {"format": FORMAT, "step": step, "ranks": w.size, "config": cfg.to_dict(),
+                    "signature": _shape_signature(cfg), "shapes": full_shapes,
+                    "dtypes": {n: str(t.dtype) for n, t in host.items()}, "files": entries, "extra": extra or {}}
+        write_json_atomic(tmp / "manifest.json", manifest)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        write_json_atomic(root / "latest.json", {"step": step, "path": final.name})
+    w.barrier()
+    return final
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, a folder of checkpoints (its latest), or a run folder (its checkpoints' latest)."""
+    p = Path(path)
+    if (p / "manifest.json").exists():
+        return p
+    for cand in (p, p / "checkpoints"):
+        latest = cand / "latest.json"
+        if latest.exists():
+            try:
+                name = json.loads(latest.read_text())["path"]
+            except (ValueError, KeyError) as exc:
+                raise ReproError(f"{latest}: unreadable ({exc})") from None
+            if not (cand / name / "manifest.json").exists():
+                raise ReproError(f"{cand / name}: checkpoint named by {latest} is missing its manifest.json")
+            return cand / name
+    if not p.exists():
+        raise ReproError(f"{p}: no such checkpoint or run folder")
+    raise ReproError(f"{p}: not a checkpoint (no manifest.json, no latest.json)")
+
+
+def read_manifest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    ckpt = resolve(path)
+    mpath = ckpt / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReproError(f"{mpath}: unreadable or truncated manifest ({exc})") from None
+    for key in ("format", "step", "config", "signature", "shapes", "files"):
+        if key not in manifest:
+            raise ReproError(f"{mpath}: manifest has no {key!r} field")
+    if manifest["format"] != FORMAT:
+        raise ReproError(f"{mpath}: checkpoint format {manifest['format']} is not {FORMAT}")
+    return ckpt, manifest
+
+
+def config_of(path: str | os.PathLike) -> NetworkConfig:
+    ckpt, manifest = read_manifest(path)
+    return from_dict(_config_table(manifest["config"]), str(ckpt / "manifest.json"))
+
+
+def _config_table(d: dict[str, Any]) -> dict[str, Any]:
+    """``NetworkConfig.to_dict()`` back into the TOML table layout ``from_dict`` reads."""
+    rica = dict(d["rica"])
+    rica["lambda"] = rica.pop("lam")
+    return {"name": d["name"], "data": d.get("data", "mini"), "notes": d.get("notes", ""),
+            "input": {"size": list(d["input_size"]), "channels": d["channels"]},
+            "stages": [dict(s) for s in d["stages"]], "rica": rica, "train": dict(d["train"])}
+
+
+def check_compatible(path: str | os.PathLike, cfg: NetworkConfig) -> None:
+    ckpt, manifest = read_manifest(path)
+    if manifest["signature"] != _shape_signature(cfg):
+        raise ReproError(f"{ckpt / 'manifest.json'}: checkpoint of config {manifest['config'].get('name')!r} "
+                         f"does not match config {cfg.name!r} (different layer shapes)")
+
+
+def load_tiles(path: str | os.PathLike, wanted: dict[str, tuple[int, int, int, int]]
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Assemble the requested tiles (global boxes over each tensor's first two axes) from any sharding."""
+    ckpt, manifest = read_manifest(path)
+    out: dict[str, np.ndarray] = {}
+    for name, box in wanted.items():
+        if name not in manifest["shapes"]:
+            raise ReproError(f"{ckpt / 'manifest.json'}: checkpoint has no tensor {name!r}")
+        rest = manifest["shapes"][name][2:]
+        out[name] = np.zeros((box[1] - box[0], box[3] - box[2], *rest), dtype=manifest["dtypes"][name])
+    for entry in manifest["files"]:
+        needed = {}
+        for name, box in wanted.items():
+            tb = entry["tiles"].get(name)
+            inter = box_intersect(tuple(tb), box) if tb is not None else None
+            if inter is not None:
+                needed[name] = (tuple(tb), inter)
+        if not needed:
+            continue
+        fpath = ckpt / entry["file"]
+        try:
+            with np.load(fpath, allow_pickle=False) as z:
+                for name, (tb, inter) in needed.items():
+                    arr = z[name]
+                    want_shape = (tb[1] - tb[0], tb[3] - tb[2], *out[name].shape[2:])
+                    if arr.shape != want_shape:
+                        raise ReproError(f"{fpath}: tensor {name} has shape {arr.shape}, manifest says {want_shape}")
+                    src = arr[inter[0] - tb[0]:inter[1] - tb[0], inter[2] - tb[2]:inter[3] - tb[2]]
+                    box = wanted[name]
+                    out[name][inter[0] - box[0]:inter[1] - box[0], inter[2] - box[2]:inter[3] - box[2]] = src
+        except ReproError:
+            raise
+        except FileNotFoundError:
+            raise ReproError(f"{fpath}: checkpoint file is missing") from None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise ReproError(f"{fpath}: truncated or corrupt checkpoint file ({exc})") from None
+    return out, manifest

@@ -1,0 +1,198 @@
+"""Network shapes from ``configs/*.toml``: small dataclasses, validated once, parsed nowhere else."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from repro.errors import ReproError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage = locally connected filtering -> L2 pooling -> local contrast normalisation."""
+
+    maps: int = 8  # neurons (feature maps) per output location: one dense GEMM block
+    filter: int = 18  # receptive field (square), pixels of the stage's input
+    stride: int = 1
+    pool: int = 5  # L2 pooling neighbourhood (per map)
+    pool_stride: int = 1
+    lcn: int = 5  # LCN neighbourhood (valid: shrinks the map by lcn - 1)
+    lcn_sigma: float = 1.0
+    lcn_eps: float = 1e-2
+
+
+@dataclass(frozen=True)
+class RicaConfig:
+    """Per-layer objective: ||W2 W1^T x - x||^2 + lambda * sum sqrt(eps + H (W1^T x)^2), mean over images."""
+
+    lam: float = 0.1
+    eps: float = 1e-2
+    normalize_encoder: bool = True  # project each encoding filter to unit norm after every update
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adagrad"  # "sgd" (with momentum) or "adagrad"
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch: int = 100
+    layer_steps: int = 200  # greedy layer-wise steps per stage
+    finetune_steps: int = 0  # joint steps of all stages afterwards
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str
+    input_size: tuple[int, int]
+    channels: int
+    stages: tuple[StageConfig, ...]
+    rica: RicaConfig = field(default_factory=RicaConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: str = "mini"  # dataset (manifest name) the defaults train on
+    notes: str = ""
+
+    # ---- shapes -----------------------------------------------------------------------------
+    def stage_shapes(self) -> list[dict[str, tuple[int, int]]]:
+        """Per stage, the spatial size of its input, filter output, pool output and LCN output."""
+        out = []
+        h, w = self.input_size
+        for i, s in enumerate(self.stages):
+            fy, fx = _valid(h, s.filter, s.stride), _valid(w, s.filter, s.stride)
+            py, px = _valid(fy, s.pool, s.pool_stride), _valid(fx, s.pool, s.pool_stride)
+            ny, nx = _valid(py, s.lcn, 1), _valid(px, s.lcn, 1)
+            out.append({"input": (h, w), "filter": (fy, fx), "pool": (py, px), "lcn": (ny, nx)})
+            h, w = ny, nx
+        return out
+
+    def stage_channels(self, i: int) -> int:
+        return self.channels if i == 0 else self.stages[i - 1].maps
+
+    def weight_shape(self, i: int) -> tuple[int, int, int, int, int, int]:
+        s = self.stages[i]
+        fy, fx = self.stage_shapes()[i]["filter"]
+        return (fy, fx, s.maps, self.stage_channels(i), s.filter, s.filter)
+
+    def parameter_counts(self) -> list[int]:
+        """Per stage, the encoding weights W1 (the decoding W2 has as many again)."""
+        return [math.prod(self.weight_shape(i)) for i in range(len(self.stages))]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    def with_train(self, **kw: Any) -> "NetworkConfig":
+        return replace(self, train=replace(self.train, **kw))
+
+
+def _valid(n: int, k: int, s: int) -> int:
+    return (n - k) // s + 1 if n >= k else 0
+
+
+def validate(cfg: NetworkConfig, where: str) -> NetworkConfig:
+    """Impossible shapes are a one-line error naming the config."""
+    if cfg.channels < 1 or min(cfg.input_size) < 1:
+        raise ReproError(f"{where}: input size and channels must be positive")
+    if not cfg.stages:
+        raise ReproError(f"{where}: no stages")
+    h, w = cfg.input_size
+    for i, s in enumerate(cfg.stages):
+        for name in ("maps", "filter", "stride", "pool", "pool_stride", "lcn"):
+            if getattr(s, name) < 1:
+                raise ReproError(f"{where}: stage {i}: {name} must be >= 1, got {getattr(s, name)}")
+        if s.lcn % 2 == 0:
+            raise ReproError(f"{where}: stage {i}: lcn neighbourhood must be odd, got {s.lcn}")
+        if s.filter > min(h, w):
+            raise ReproError(f"{where}: stage {i}: filter window {s.filter} is larger than its input {h}x{w}")
+        fy, fx = _valid(h, s.filter, s.stride), _valid(w, s.filter, s.stride)
+        if s.pool > min(fy, fx):
+            raise ReproError(f"{where}: stage {i}: pooling window {s.pool} is larger than its input {fy}x{fx}")
+        py, px = _valid(fy, s.pool, s.pool_stride), _valid(fx, s.pool, s.pool_stride)
+        if s.lcn > min(py, px):
+            raise ReproError(f"{where}: stage {i}: LCN window {s.lcn} is larger than its input {py}x{px}")
+        h, w = _valid(py, s.lcn, 1), _valid(px, s.lcn, 1)
+    t = cfg.train
+    if t.optimizer not in ("sgd", "adagrad"):
+        raise ReproError(f"{where}: train.optimizer must be 'sgd' or 'adagrad', got {t.optimizer!r}")
+    if t.batch < 1 or t.lr <= 0:
+        raise ReproError(f"{where}: train.batch and train.lr must be positive")
+    if cfg.rica.lam < 0 or cfg.rica.eps <= 0:
+        raise ReproError(f"{where}: rica.lambda must be >= 0 and rica.eps > 0")
+    return cfg
+
+
+_STAGE_KEYS = set(StageConfig.__dataclass_fields__)
+_RICA_KEYS = {"lambda": "lam", "eps": "eps", "normalize_encoder": "normalize_encoder"}
+_TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
+
+
+def _check_keys(table: dict, allowed: set, where: str, what: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ReproError(f"{where}: unknown key(s) in {what}: {', '.join(sorted(unknown))}")
+
+
+def from_dict(d: dict[str, Any], where: str = "<config>") -> NetworkConfig:
+    try:
+        _check_keys(d, {"name", "input", "stage", "stages", "rica", "train", "data", "notes"}, where, "the top level")
+        inp = d["input"]
+        _check_keys(inp, {"size", "channels"}, where, "[input]")
+        size = inp["size"]
+        size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        default = d.get("stage", {})
+        _check_keys(default, _STAGE_KEYS | {"count"}, where, "[stage]")
+        count = int(default.get("count", 0))
+        default = {k: v for k, v in default.items() if k != "count"}
+        per = d.get("stages", [])
+        if not per:
+            per = [{}] * count
+        stages = []
+        for i, s in enumerate(per):
+            _check_keys(s, _STAGE_KEYS, where, f"[[stages]] #{i}")
+            stages.append(StageConfig(**{**default, **s}))
+        rica_t = d.get("rica", {})
+        _check_keys(rica_t, set(_RICA_KEYS), where, "[rica]")
+        rica = RicaConfig(**{_RICA_KEYS[k]: v for k, v in rica_t.items()})
+        train_t = d.get("train", {})
+        _check_keys(train_t, _TRAIN_KEYS, where, "[train]")
+        train = TrainConfig(**train_t)
+        cfg = NetworkConfig(name=str(d["name"]), input_size=size, channels=int(inp.get("channels", 1)),
+                            stages=tuple(stages), rica=rica, train=train, data=str(d.get("data", "mini")),
+                            notes=str(d.get("notes", "")))
+    except KeyError as exc:
+        raise ReproError(f"{where}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ReproError(f"{where}: {exc}") from None
+    return validate(cfg, where)
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_config(name_or_path: str) -> NetworkConfig:
+    """A built-in config by name (``mini``, ``le2012``) or a path to a TOML file."""
+    p = Path(name_or_path)
+    if not (p.suffix == ".toml" or p.exists()):
+        p = CONFIG_DIR / f"{name_or_path}.toml"
+        if not p.exists():
+            raise ReproError(f"unknown config {name_or_path!r}: choose one of {', '.join(builtin_configs())} "
+                             "or give a path to a .toml file")
+    try:
+        d = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise ReproError(f"{p}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ReproError(f"{p}: not valid TOML ({exc})") from None
+    return from_dict(d, str(p))

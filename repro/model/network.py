@@ -1,0 +1,289 @@
+"""The Le et al. network: stages of LC filtering -> L2 pooling -> LCN, trained with RICA.
+
+Shapes (one rank's tiles; ``ty, tx`` = its tile of that layer, ``wy, wx`` = the window it reads):
+    a   (B, C, ty, tx)   stage input (images, or the previous stage's LCN output)
+    xw  (B, C, wy, wx)   input window the filter tile reads (fetched halo included)
+    y   (B, F, ty, tx)   filter responses  W1^T x       (one dense GEMM per location)
+    p   (B, F, ty, tx)   L2 pooling  sqrt(eps + H y^2)  (also the sparsity term of RICA)
+    z   (B, F, ty, tx)   LCN output = next stage's input
+
+Per-stage objective (RICA with L2 pooling, mean over the B images of a minibatch):
+    R = ( ||W2 (W1^T x) - x||^2 + lambda * sum_j sqrt(eps + H_j (W1^T x)^2) ) / B
+where ``W2 y`` is the transposed connectivity (``lc_backward_data`` with the decoding weights).
+The joint fine-tuning objective is the sum of every stage's R, each stage's input depending on
+the stages below it: the update Coates et al. timed.
+
+Nothing here depends on the rank count: parameters are drawn per output location from the seed,
+and every exchange goes through a :class:`~repro.model.layout.Layout` plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from repro.engine import kernels as K
+from repro.engine.backend import get_array_module, to_numpy
+from repro.engine.comm import World, world
+from repro.engine.distarray import DistArray, gather, scatter_add
+from repro.engine.partition import box_shape
+from repro.model import checkpoint as ckpt
+from repro.model.config import NetworkConfig
+from repro.model.layout import Layout, StageLayout
+from repro.model.optim import Optimizer
+
+
+def param_names(cfg: NetworkConfig) -> list[str]:
+    return [f"stage{i}.{w}" for i in range(len(cfg.stages)) for w in ("W1", "W2")]
+
+
+def init_tile(cfg: NetworkConfig, stage: int, which: str, tile: tuple[int, int, int, int], seed: int,
+              dtype: Any = np.float32) -> np.ndarray:
+    """The tile ``[y0:y1, x0:x1]`` of a weight, drawn location by location from (seed, stage, which, oy, ox).
+
+    Each location's filters come from their own random stream, so any tiling gives the same
+    numbers: distributed == serial from step 0, and a 6-rank run can be resumed on 4 ranks.
+    Encoding filters are unit-norm; decoding filters start at a tenth of that scale.
+    """
+    _, _, F, C, k, _ = cfg.weight_shape(stage)
+    y0, y1, x0, x1 = tile
+    out = np.empty((y1 - y0, x1 - x0, F, C, k, k), dtype=np.float64)
+    kind = {"W1": 1, "W2": 2}[which]
+    for oy in range(y0, y1):
+        for ox in range(x0, x1):
+            rng = np.random.default_rng([seed, stage, kind, oy, ox])
+            out[oy - y0, ox - x0] = rng.standard_normal((F, C, k, k))
+    if which == "W1":
+        out /= np.sqrt((out ** 2).sum(axis=(3, 4, 5), keepdims=True))
+    else:
+        out *= 0.1 / np.sqrt(C * k * k)
+    return out.astype(dtype)
+
+
+def _tiled(kernel: Any, out_shape: tuple[int, ...], first: Any, *args: Any) -> Any:
+    """Run a kernel on this rank's tile; a rank whose tile of that layer is empty (a layer with
+    fewer rows than the process grid) gets an empty result of the right shape without a call."""
+    if 0 in out_shape:
+        return get_array_module(first).zeros(out_shape, dtype=first.dtype)
+    return kernel(first, *args)
+
+
+def normalize_filters(W: Any) -> Any:
+    """Project every neuron's filter (over c, ky, kx) to unit norm, in place. Keeps RICA from
+    shrinking W1 to nothing while W2 grows (the sparsity term is not scale invariant)."""
+    xp = get_array_module(W)
+    norm = xp.sqrt((W * W).sum(axis=(3, 4, 5), keepdims=True))
+    W /= xp.maximum(norm, 1e-12)
+    return W
+
+
+@dataclass
+class StageCache:
+    """What the backward pass of one stage needs from its forward pass."""
+
+    a: DistArray
+    xw: Any
+    y: Any
+    yw: Any
+    p: Any
+    pw: Any
+    z: Any
+
+
+@dataclass
+class Network:
+    """One rank's share of the network: its tiles of every weight, and the plan that ties them."""
+
+    cfg: NetworkConfig
+    layout: Layout
+    params: dict[str, Any]  # name -> tile (xp array)
+    xp: Any = np
+    w: World = field(default_factory=world)
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: NetworkConfig, seed: int, xp: Any = np, w: World | None = None,
+               dtype: Any = np.float32, layout: Layout | None = None) -> "Network":
+        w = w or world()
+        layout = layout or Layout.build(cfg, w)
+        params = {}
+        for i, st in enumerate(layout.stages):
+            tile = st.part_f.tile(w.rank)
+            for which in ("W1", "W2"):
+                params[f"stage{i}.{which}"] = xp.asarray(init_tile(cfg, i, which, tile, seed, dtype))
+        return cls(cfg, layout, params, xp, w)
+
+    def weight_tile(self, name: str) -> tuple[int, int, int, int]:
+        stage = int(name.split(".")[0][len("stage"):])
+        return self.layout.stages[stage].part_f.tile(self.w.rank)
+
+    @property
+    def dtype(self) -> Any:
+        return next(iter(self.params.values())).dtype
+
+    def input_array(self, images: Any) -> DistArray:
+        """The minibatch every rank of the group holds, seen as the first stage's input."""
+        x = self.xp.asarray(images, dtype=self.dtype)
+        return DistArray.from_replicated(x, self.layout.stages[0].part_in, self.w)
+
+    # ---- forward ------------------------------------------------------------------------------
+    def stage_forward(self, i: int, a: DistArray) -> StageCache:
+        s, L = self.cfg.stages[i], self.layout.stages[i]
+        B, F, r = a.data.shape[0], s.maps, self.w.rank
+        xw = a.fetch(L.plan_in)  # (B, C, wy, wx)
+        y = _tiled(K.lc_forward, (B, F, *box_shape(L.part_f.tile(r))), xw, self.params[f"stage{i}.W1"], s.stride)
+        yw = DistArray(y, L.part_f, self.w).fetch(L.plan_f)
+        p = _tiled(K.l2pool_forward, (B, F, *box_shape(L.part_p.tile(r))), yw, s.pool, s.pool_stride,
+                   self.cfg.rica.eps)
+        pw = DistArray(p, L.part_p, self.w).fetch(L.plan_p)
+        z = _tiled(K.lcn_forward, (B, F, *box_shape(L.part_n.tile(r))), pw, s.lcn, s.lcn_sigma, s.lcn_eps)
+        return StageCache(a, xw, y, yw, p, pw, z)
+
+    def forward(self, images: Any, upto: int | None = None) -> list[StageCache]:
+        """All stages (or the first ``upto``), keeping what backward needs."""
+        a = self.input_array(images)
+        caches = []
+        for i in range(len(self.cfg.stages) if upto is None else upto):
+            c = self.stage_forward(i, a)
+            caches.append(c)
+            a = DistArray(c.z, self.layout.stages[i].part_n, self.w)
+        return caches
+
+    def stage_input(self, images: Any, i: int) -> DistArray:
+        """Stage i's input: images through the (fixed) stages below it."""
+        if i == 0:
+            return self.input_array(images)
+        return DistArray(self.forward(images, upto=i)[-1].z, self.layout.stages[i - 1].part_n, self.w)
+
+    # ---- RICA objective and gradients ----------------------------------------------------------
+    def stage_loss_and_grads(self, i: int, c: StageCache, dz: Any = None, need_input_grad: bool = False
+                             ) -> tuple[float, dict[str, Any], Any]:
+        """Stage i's RICA loss (summed over ranks), its weight gradients, and optionally d(loss)/d(input).
+
+        ``dz`` is the gradient of later stages' losses with respect to this stage's LCN output
+        (joint fine-tuning); its contribution flows into W1 and into the input gradient.
+        """
+        xp, s, L = self.xp, self.cfg.stages[i], self.layout.stages[i]
+        W1, W2 = self.params[f"stage{i}.W1"], self.params[f"stage{i}.W2"]
+        B = c.y.shape[0]
+        lam, inv_b = self.cfg.rica.lam, 1.0 / B
+        # reconstruction  xhat = W2 y  (transposed connectivity), summed into the input's owners
+        xhat = scatter_add(_tiled(K.lc_backward_data, c.xw.shape, c.y, W2, s.stride, c.xw.shape), L.plan_in, self.w)
+        r = xhat - c.a.data  # (B, C, ty, tx) of the input partition
+        local = float((r * r).sum()) + lam * float(c.p.sum())
+        loss = self.w.allreduce_sum(local) * inv_b
+        g = r * (2.0 * inv_b)
+        gw = DistArray(g, L.part_in, self.w).fetch(L.plan_in)  # (B, C, wy, wx)
+        dW2 = _tiled(K.lc_backward_weights, W2.shape, gw, c.y, s.stride, s.filter)
+        dy = _tiled(K.lc_forward, c.y.shape, gw, W2, s.stride)
+        dp = xp.full(c.p.shape, lam * inv_b, dtype=c.p.dtype)
+        if dz is not None:
+            dpw = _tiled(K.lcn_backward, c.pw.shape, dz, c.pw, s.lcn, s.lcn_sigma, s.lcn_eps)
+            dp = dp + scatter_add(dpw, L.plan_p, self.w)
+        dyw = _tiled(K.l2pool_backward, c.yw.shape, dp, c.yw, c.p, s.pool, s.pool_stride)
+        dy = dy + scatter_add(dyw, L.plan_f, self.w)
+        dW1 = _tiled(K.lc_backward_weights, W1.shape, c.xw, dy, s.stride, s.filter)
+        da = None
+        if need_input_grad:
+            da = scatter_add(_tiled(K.lc_backward_data, c.xw.shape, dy, W1, s.stride, c.xw.shape), L.plan_in, self.w) - g
+        return loss, {f"stage{i}.W1": dW1, f"stage{i}.W2": dW2}, da
+
+    def layer_loss_and_grads(self, images: Any, i: int) -> tuple[float, dict[str, Any]]:
+        """Greedy layer-wise step: stage i's RICA on its input, the stages below held fixed."""
+        c = self.stage_forward(i, self.stage_input(images, i))
+        loss, grads, _ = self.stage_loss_and_grads(i, c)
+        return loss, grads
+
+    def finetune_loss_and_grads(self, images: Any) -> tuple[float, dict[str, Any]]:
+        """Joint objective: sum of every stage's RICA, gradients through all stages at once."""
+        caches = self.forward(images)
+        total, grads, dz = 0.0, {}, None
+        for i in reversed(range(len(caches))):
+            loss, g, da = self.stage_loss_and_grads(i, caches[i], dz, need_input_grad=i > 0)
+            total += loss
+            grads.update(g)
+            dz = da
+        return total, grads
+
+    # ---- features for evaluation ----------------------------------------------------------------
+    def features(self, images: Any, stage: int, sublayer: str = "pool") -> Any:
+        """This rank's tile of a sublayer's activations (``filter``, ``pool`` or ``lcn``) for a batch."""
+        c = self.forward(images, upto=stage + 1)[-1]
+        return {"filter": c.y, "pool": c.p, "lcn": c.z}[sublayer]
+
+
+def apply_update(net: Network, opt: Optimizer, grads: dict[str, Any]) -> None:
+    """One optimiser step on this rank's tiles, then the unit-norm projection of encoding filters."""
+    opt.step(net.params, grads)
+    if net.cfg.rica.normalize_encoder:
+        for name in grads:
+            if name.endswith(".W1"):
+                normalize_filters(net.params[name])
+
+
+def save_checkpoint(net: Network, opt: Optimizer | None, directory: Any, step: int,
+                    extra: dict[str, Any] | None = None) -> Any:
+    """Collective: weights and optimiser state, each rank its tiles."""
+    tensors = dict(net.params)
+    tiles = {n: net.weight_tile(n) for n in net.params}
+    if opt is not None:
+        for n in net.params:
+            for sn in opt.state_names(n):
+                if sn in opt.state:
+                    tensors[sn] = opt.state[sn]
+                    tiles[sn] = tiles[n]
+    extra = dict(extra or {})
+    if opt is not None:
+        extra.setdefault("optimizer", {"kind": opt.kind, "lr": opt.lr, "momentum": opt.momentum})
+    return ckpt.save(directory, step, net.cfg, tensors, tiles, extra, net.w)
+
+
+def load_checkpoint(path: Any, cfg: NetworkConfig | None = None, xp: Any = np, w: World | None = None,
+                    opt: Optimizer | None = None) -> tuple[Network, dict[str, Any]]:
+    """A network (and optimiser state, if ``opt`` is given) from a checkpoint written on any rank count."""
+    w = w or world()
+    cfg = cfg or ckpt.config_of(path)
+    ckpt.check_compatible(path, cfg)
+    layout = Layout.build(cfg, w)
+    wanted = {}
+    for i, st in enumerate(layout.stages):
+        for which in ("W1", "W2"):
+            wanted[f"stage{i}.{which}"] = st.part_f.tile(w.rank)
+    _, manifest = ckpt.read_manifest(path)
+    if opt is not None:
+        for n in list(wanted):
+            for sn in opt.state_names(n):
+                if sn in manifest["shapes"]:
+                    wanted[sn] = wanted[n]
+    arrays, manifest = ckpt.load_tiles(path, wanted)
+    params = {n: xp.asarray(arrays[n]) for n in param_names(cfg)}
+    if opt is not None:
+        opt.state = {n: xp.asarray(a) for n, a in arrays.items() if n not in params}
+    return Network(cfg, layout, params, xp, w), manifest
+
+
+def gather_tiles(net: Network, tiles: dict[str, Any], root: int | None = 0) -> dict[str, np.ndarray] | None:
+    """Whole weight-shaped tensors (NumPy) from every rank's tiles: for export, reports and tests."""
+    w = net.w
+    host = {n: to_numpy(t) for n, t in tiles.items()}
+    boxes = {n: net.weight_tile(n.split(".")[0] + ".W1") for n in tiles}
+    mine = (host, boxes)
+    allp = w.comm.allgather(mine) if root is None else w.comm.gather(mine, root=root)
+    if allp is None:
+        return None
+    out = {}
+    for n in tiles:
+        stage = int(n.split(".")[0][len("stage"):])
+        shape = net.cfg.weight_shape(stage)
+        full = np.zeros(shape, dtype=host[n].dtype)
+        for h, b in allp:
+            y0, y1, x0, x1 = b[n]
+            full[y0:y1, x0:x1] = h[n]
+        out[n] = full
+    return out
+
+
+def gather_activation(net: Network, tile: Any, part: Any, root: int | None = 0) -> np.ndarray | None:
+    """A whole (B, F, H, W) activation from every rank's tile of partition ``part``."""
+    return gather(DistArray(tile, part, net.w), root)

@@ -1,0 +1,64 @@
+"""Distributed == serial: the same seed gives the same numbers on 1, 2, 3, 4 and 6 ranks."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from conftest import TESTS, run_mpi
+
+import mpi_scenarios as S
+
+SCRIPT = str(TESTS / "mpi_scenarios.py")
+RANKS = [2, 3, 4, 6]
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_distarray_fetch_and_adjoint(n, tmp_path):
+    out = tmp_path / "r.npz"
+    run_mpi(n, [SCRIPT, "distarray", str(out)])
+    r = np.load(out)
+    assert r["fetch_ok"].all() and len(r["fetch_ok"]) == n
+    assert r["adjoint_ok"].all()
+
+
+@pytest.fixture(scope="module")
+def serial_network():
+    return S.scenario_network()
+
+
+@pytest.mark.parametrize("n", RANKS)
+def test_network_distributed_equals_serial(n, tmp_path, serial_network):
+    out = tmp_path / "r.npz"
+    run_mpi(n, [SCRIPT, "network", str(out)])
+    r = np.load(out)
+    assert set(r.files) == set(serial_network)
+    for k, v in serial_network.items():
+        np.testing.assert_allclose(r[k], v, rtol=2e-4, atol=2e-5, err_msg=f"{k} on {n} ranks")
+
+
+@pytest.mark.parametrize("write_n,read_n", [(4, 1), (1, 3), (6, 4), (2, 2)])
+def test_checkpoint_written_on_n_loads_on_m(write_n, read_n, tmp_path):
+    ck = tmp_path / "ck"
+    w_out, r_out = tmp_path / "w.npz", tmp_path / "r.npz"
+    run_mpi(write_n, [SCRIPT, "checkpoint-write", str(w_out), str(ck)])
+    run_mpi(read_n, [SCRIPT, "checkpoint-read", str(r_out), str(ck)])
+    w, r = np.load(w_out), np.load(r_out)
+    for k in w.files:
+        np.testing.assert_array_equal(r[k], w[k], err_msg=k)
+    ref = np.load(r_out)  # the next step equals the same step taken on one rank
+    serial = S.scenario_checkpoint_read(str(ck))
+    for k in serial:
+        if k.startswith("next."):
+            np.testing.assert_allclose(ref[k], serial[k], rtol=2e-4, atol=2e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("n,bad", [(3, 1), (4, 0)])
+def test_failure_on_one_rank_ends_the_job(n, bad):
+    t = time.monotonic()
+    proc = run_mpi(n, [SCRIPT, "fail", "-", str(bad)], timeout=50, check=False)
+    took = time.monotonic() - t
+    assert proc.returncode != 0
+    assert took < 30, f"job took {took:.1f}s to end"
+    assert proc.stderr.count("RuntimeError: deliberate failure") == 1, proc.stderr

@@ -1,0 +1,112 @@
+"""The model: configs, exact RICA gradients (finite differences, float64), optimisers, init."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpi_scenarios import SMALL, images
+from repro.errors import ReproError
+from repro.model.config import from_dict, load_config
+from repro.model.network import Network, apply_update, init_tile
+from repro.model.optim import Optimizer
+
+
+def small_net(seed=1):
+    return Network.create(from_dict(SMALL), seed=seed, dtype=np.float64)
+
+
+def _fd_check(net, loss_fn, grads, name, n_coords=6, h=1e-5, seed=0):
+    rng = np.random.default_rng(seed)
+    P = net.params[name]
+    for _ in range(n_coords):
+        idx = tuple(int(rng.integers(s)) for s in P.shape)
+        old = P[idx]
+        P[idx] = old + h
+        lp = loss_fn()
+        P[idx] = old - h
+        lm = loss_fn()
+        P[idx] = old
+        fd = (lp - lm) / (2 * h)
+        assert grads[name][idx] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, idx)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_layerwise_rica_gradient(stage):
+    net = small_net()
+    x = images().astype(np.float64)
+    loss, grads = net.layer_loss_and_grads(x, stage)
+    assert set(grads) == {f"stage{stage}.W1", f"stage{stage}.W2"}
+    for name in grads:
+        _fd_check(net, lambda: net.layer_loss_and_grads(x, stage)[0], grads, name)
+
+
+def test_finetune_gradient_flows_through_all_stages():
+    net = small_net(seed=2)
+    x = images().astype(np.float64)
+    loss, grads = net.finetune_loss_and_grads(x)
+    assert set(grads) == set(net.params)
+    for name in grads:
+        _fd_check(net, lambda: net.finetune_loss_and_grads(x)[0], grads, name, n_coords=4)
+    # the joint loss is the sum of the stage losses
+    parts = sum(net.layer_loss_and_grads(x, i)[0] for i in range(2))
+    assert loss == pytest.approx(parts, rel=1e-12)
+
+
+def test_training_lowers_the_objective():
+    net = Network.create(from_dict(SMALL), seed=0)
+    opt = Optimizer("adagrad", 0.05)
+    x = images(b=8)
+    first = net.layer_loss_and_grads(x, 0)[0]
+    for _ in range(30):
+        _, g = net.layer_loss_and_grads(x, 0)
+        apply_update(net, opt, g)
+    assert net.layer_loss_and_grads(x, 0)[0] < 0.8 * first
+    W1 = net.params["stage0.W1"]
+    np.testing.assert_allclose(np.sqrt((W1 ** 2).sum(axis=(3, 4, 5))), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adagrad"])
+def test_optimizers_match_their_formulas(kind):
+    p = {"a": np.array([1.0, -2.0])}
+    g = {"a": np.array([0.5, 0.25])}
+    opt = Optimizer(kind, lr=0.1, momentum=0.9)
+    opt.step(p, g)
+    opt.step(p, g)
+    if kind == "sgd":  # v1 = -0.1 g, v2 = 0.9 v1 - 0.1 g
+        expect = np.array([1.0, -2.0]) - 0.1 * g["a"] - (0.09 + 0.1) * g["a"]
+    else:
+        h1, h2 = g["a"] ** 2, 2 * g["a"] ** 2
+        expect = np.array([1.0, -2.0]) - 0.1 * g["a"] / (np.sqrt(h1) + 1e-8) - 0.1 * g["a"] / (np.sqrt(h2) + 1e-8)
+    np.testing.assert_allclose(p["a"], expect)
+
+
+def test_init_does_not_depend_on_tiling():
+    cfg = from_dict(SMALL)
+    whole = init_tile(cfg, 0, "W1", (0, 11, 0, 10), seed=4)
+    part = init_tile(cfg, 0, "W1", (3, 7, 2, 9), seed=4)
+    np.testing.assert_array_equal(whole[3:7, 2:9], part)
+    assert not np.allclose(init_tile(cfg, 0, "W2", (3, 7, 2, 9), seed=4), part)
+
+
+def test_builtin_configs_and_parameter_count():
+    le = load_config("le2012")
+    assert 1.0e9 < sum(le.parameter_counts()) < 1.3e9  # "about 1 billion connections"
+    mini = load_config("mini")
+    assert mini.stage_shapes()[-1]["lcn"] == (3, 3)
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"stages": [{"filter": 40}]}, "larger than its input"),
+    ({"stages": [{"stride": 0}]}, "stride must be >= 1"),
+    ({"stages": [{"lcn": 4}]}, "must be odd"),
+    ({"input": {"size": 14}, "stages": [{"bogus": 1}]}, "unknown key"),
+])
+def test_impossible_shapes_are_one_line_errors(change, msg):
+    d = {**SMALL, **change}
+    with pytest.raises(ReproError, match=msg):
+        from_dict(d, "bad.toml")
+
+
+def test_unknown_config_names_the_choices():
+    with pytest.raises(ReproError, match="unknown config 'nope'.*mini"):
+        load_config("nope")
