@@ -1,0 +1,162 @@
+"""Benchmark the locally connected kernels against a dense GEMM and the per-location loop.
+
+    python benchmarks/bench_kernels.py                       # auto device, JSON to results/bench/
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_kernels.py --device cpu --json out.json
+
+Why these baselines (Coates et al. 2013): a locally connected layer does the FLOPs of a dense
+GEMM in many small blocks; the question is how close to the dense-GEMM rate of the same device
+the block-sparse batched kernels get, and how much they beat the naive peer scheme of one GEMM
+per output location issued from a Python loop. Timings: best of 3 after one warm-up, with the
+GPU stream synchronised before the clock is read. A benchmark, not a test: it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from repro.engine.backend import select_backend
+from repro.engine.kernels import (
+    lc_backward_data,
+    lc_backward_weights,
+    lc_flops,
+    lc_forward,
+    lc_output_shape,
+)
+from repro.engine.kernels._parallel import n_threads
+
+# name: (batch, input maps, image side, k, stride, F)
+SHAPES = {
+    "le-like": (32, 8, 48, 18, 1, 8),
+    "coates-like": (100, 8, 48, 16, 4, 64),
+}
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "REPRO_KERNEL_THREADS")
+
+
+def best_time(fn: Callable[[], Any], sync: Callable[[], None], repeats: int = 3) -> float:
+    """Best wall time of `repeats` calls after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_shape(name: str, shape: tuple[int, ...], xp: Any, sync: Callable[[], None], repeats: int) -> dict:
+    B, C, H, k, s, F = shape
+    OY, OX = lc_output_shape((H, H), k, s)
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    x = xp.asarray(rng.standard_normal((B, C, H, H), dtype=f32))
+    W = xp.asarray(rng.standard_normal((OY, OX, F, C, k, k), dtype=f32))
+    dy = xp.asarray(rng.standard_normal((B, F, OY, OX), dtype=f32))
+    flops = lc_flops(B, W.shape)
+    n = max(1, round((flops / 2) ** (1 / 3)))
+    a = xp.asarray(rng.standard_normal((n, n), dtype=f32))
+    b = xp.asarray(rng.standard_normal((n, n), dtype=f32))
+
+    def per_location_loop() -> None:
+        # the peer scheme: one small GEMM per output location, issued from Python
+        y = xp.empty((B, F, OY, OX), dtype=f32)
+        for i in range(OY):
+            for j in range(OX):
+                win = x[:, :, i * s : i * s + k, j * s : j * s + k].reshape(B, -1)  # (B, K)
+                y[:, :, i, j] = win @ W[i, j].reshape(F, -1).T  # (B, F)
+
+    t = {
+        "lc_forward": best_time(lambda: lc_forward(x, W, s), sync, repeats),
+        "lc_backward_data": best_time(lambda: lc_backward_data(dy, W, s, x.shape), sync, repeats),
+        "lc_backward_weights": best_time(lambda: lc_backward_weights(x, dy, s, k), sync, repeats),
+        "dense_gemm": best_time(lambda: a @ b, sync, repeats),
+        "per_location_loop": best_time(per_location_loop, sync, repeats),
+    }
+    t["forward+backward"] = t["lc_forward"] + t["lc_backward_data"] + t["lc_backward_weights"]
+    fl = {key: flops for key in t}
+    fl["forward+backward"] = 3 * flops
+    fl["dense_gemm"] = 2.0 * n**3
+    gflops = {key: fl[key] / t[key] / 1e9 for key in t}
+    return {
+        "shape": dict(zip(("batch", "maps", "image", "k", "stride", "F"), shape)),
+        "out_hw": [OY, OX],
+        "flops_forward": flops,
+        "dense_gemm_n": n,
+        "seconds": t,
+        "gflops": gflops,
+        "ratio_to_dense_gemm": {key: gflops[key] / gflops["dense_gemm"] for key in t},
+        "speedup_forward_vs_loop": t["per_location_loop"] / t["lc_forward"],
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write to a temporary file beside the target, then rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    ap.add_argument("--json", type=Path, default=None, help="default results/bench/kernels-<cpu|gpu>.json")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shapes", nargs="*", choices=sorted(SHAPES), default=list(SHAPES))
+    args = ap.parse_args(argv)
+
+    backend = select_backend(args.device)
+    xp, sync = backend.xp, backend.synchronize
+    console = Console()
+    threads = {v: os.environ.get(v) for v in THREAD_VARS}
+    threads["kernel_threads"] = n_threads() if not backend.is_gpu else None
+    console.print(f"[bold]device[/] {backend.name}   threads: "
+                  + ", ".join(f"{k}={v}" for k, v in threads.items()))
+
+    results = {name: bench_shape(name, SHAPES[name], xp, sync, args.repeats) for name in args.shapes}
+
+    table = Table(title=f"locally connected kernels, float32, {backend.name} (GFLOP/s, best of {args.repeats})")
+    table.add_column("shape")
+    table.add_column("kernel")
+    table.add_column("ms", justify="right")
+    table.add_column("GFLOP/s", justify="right")
+    table.add_column("/ dense GEMM", justify="right")
+    for name, r in results.items():
+        for i, key in enumerate(("lc_forward", "lc_backward_data", "lc_backward_weights", "forward+backward",
+                                 "per_location_loop", "dense_gemm")):
+            label = key if key != "dense_gemm" else f"dense GEMM n={r['dense_gemm_n']}"
+            table.add_row(name if i == 0 else "", label, f"{r['seconds'][key] * 1e3:.1f}",
+                          f"{r['gflops'][key]:.1f}", f"{r['ratio_to_dense_gemm'][key]:.0%}")
+        table.add_row("", "forward speed-up vs loop", "", f"{r['speedup_forward_vs_loop']:.2f}x", "",
+                      end_section=True)
+    console.print(table)
+
+    payload = {
+        "device": backend.name,
+        "threads": threads,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "timing": f"best of {args.repeats} after one warm-up, time.perf_counter, stream synchronised",
+        "results": results,
+    }
+    path = args.json or Path("results") / "bench" / f"kernels-{backend.name}.json"
+    write_json(path, payload)
+    console.print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
