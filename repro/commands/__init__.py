@@ -5,4 +5,8 @@ import click
 
 
 def register(cli: click.Group) -> None:
-    pass  # commands are added below as they land
+    from repro.commands.export import export
+    from repro.commands.info import info
+
+    cli.add_command(info)
+    cli.add_command(export)

@@ -1,0 +1,65 @@
+"""``repro info``: a network's layers and parameter counts, and the bytes each rank will need."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from repro.model.config import load_config
+from repro.model.memory import estimate, flops_per_update, human
+
+
+@click.command("info")
+@click.option("--config", "config_name", default="mini", show_default=True, help="Built-in config name or a .toml path.")
+@click.option("--ranks", default=1, show_default=True, type=click.IntRange(1), help="MPI ranks to plan for.")
+@click.option("--batch", default=None, type=click.IntRange(1), help="Minibatch size (default: the config's).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+def info(config_name: str, ranks: int, batch: int | None, json_out: str | None) -> None:
+    """Layers, parameter counts, and per-rank bytes of parameters, optimizer state, activations and halos."""
+    cfg = load_config(config_name)
+    batch = batch or cfg.train.batch
+    con = Console()
+    t = Table(title=f"{cfg.name}: {cfg.notes}" if cfg.notes else cfg.name)
+    for col in ("stage", "sublayer", "output (maps x H x W)", "window / stride", "parameters (W1)"):
+        t.add_column(col, justify="right" if col.startswith("param") else "left")
+    layers = []
+    for i, (s, shp) in enumerate(zip(cfg.stages, cfg.stage_shapes())):
+        n = math.prod(cfg.weight_shape(i))
+        rows = [("filter (LC)", shp["filter"], f"{s.filter}x{s.filter} / {s.stride}", n),
+                ("L2 pool", shp["pool"], f"{s.pool}x{s.pool} / {s.pool_stride}", 0),
+                ("LCN", shp["lcn"], f"{s.lcn}x{s.lcn} / 1", 0)]
+        for name, (h, w), win, params in rows:
+            t.add_row(str(i), name, f"{s.maps} x {h} x {w}", win, f"{params:,}" if params else "")
+            layers.append({"stage": i, "sublayer": name, "maps": s.maps, "height": h, "width": w, "parameters": params})
+    total = sum(cfg.parameter_counts())
+    t.add_row("", "total", f"input {cfg.channels} x {cfg.input_size[0]} x {cfg.input_size[1]}", "",
+              f"{total:,} (+{total:,} decoding W2)")
+    con.print(t)
+
+    mem = estimate(cfg, ranks, batch)
+    m = Table(title=f"per rank, {ranks} rank(s), batch {batch}, float32, one fine-tuning update")
+    for col in ("rank", "tile", "params", "grads", "optim", "activ.", "halos", "work", "total"):
+        m.add_column(col, justify="right")
+    shown = mem if ranks <= 16 else [max(mem, key=lambda r: r.total), min(mem, key=lambda r: r.total)]
+    for r in shown:
+        y0, y1, x0, x1 = r.tile
+        m.add_row(str(r.rank), f"{y0}:{y1}, {x0}:{x1}", human(r.parameters), human(r.gradients), human(r.optimizer),
+                  human(r.activations), human(r.halos), human(r.workspace), human(r.total))
+    con.print(m)
+    con.print("tile = the rank's part of the first filter layer (y0:y1, x0:x1); halos are part of activ.; "
+              "work = largest kernel temporary")
+    if ranks > 16:
+        con.print("(largest and smallest rank shown)")
+    gf = flops_per_update(cfg, batch)
+    con.print(f"LC work per fine-tuning update: {gf / 1e9:,.1f} GFLOP ({gf / 1e9 / ranks:,.1f} per rank)")
+    if json_out:
+        out = {"config": cfg.name, "ranks": ranks, "batch": batch, "parameters_W1": total, "layers": layers,
+               "flops_per_update": gf, "per_rank": [r.as_dict() for r in mem]}
+        p = Path(json_out)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=1))
+        tmp.replace(p)
