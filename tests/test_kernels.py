@@ -317,3 +317,15 @@ class TestCuPyMatchesNumPy:
         np.testing.assert_allclose(cp.asnumpy(lcn_backward(cp.asarray(dout), cp.asarray(x), n, sigma, 1e-2)),
                                    lcn_backward(dout, x, n, sigma, 1e-2), rtol=1e-10, atol=1e-12)
         assert gaussian_window(n, sigma, cp, cp.float32).dtype == cp.float32
+
+
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc_backward_data_generic_path_matches(case, monkeypatch):
+    """The GPU code path (one batched GEMM + grouped scatter-add), run on NumPy."""
+    import repro.engine.kernels.lc as lc
+
+    x, W, dy, k, s = _lc_case(case)
+    fast = lc_backward_data(dy, W, s, x.shape)
+    monkeypatch.setattr(lc, "_FORCE_GENERIC", True)
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), fast, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fast, ref_lc_backward_data(dy, W, s, x.shape), rtol=1e-12, atol=1e-12)

@@ -7,9 +7,13 @@ in order on the calling thread.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
+
+import numpy as np
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -33,10 +37,30 @@ def n_threads() -> int:
     return max(1, cores)
 
 
+def _one_blas_thread() -> None:
+    """Pool initializer: this worker's BLAS calls run single-threaded.
+
+    The pool already keeps every core busy; a multithreaded BLAS inside each worker would
+    oversubscribe them. OpenBLAS >= 0.3.27 (NumPy's wheels) has a thread-local setting; with
+    another BLAS this does nothing and OPENBLAS/OMP_NUM_THREADS=1 is the user's lever.
+    """
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
+    for path in libs:
+        try:
+            fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local")
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        fn(1)
+        return
+
+
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=n_threads(), thread_name_prefix="repro-kernel")
+        _POOL = ThreadPoolExecutor(
+            max_workers=n_threads(), thread_name_prefix="repro-kernel", initializer=_one_blas_thread
+        )
     return _POOL
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from repro.engine.backend import get_array_module
-from repro.engine.kernels._parallel import map_chunks
+from repro.engine.kernels._parallel import map_chunks, n_threads
 
 Array = Any
 
@@ -136,9 +136,13 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
     dyt = xp.ascontiguousarray(dy.astype(dtype, copy=False).transpose(2, 3, 1, 0)).reshape(L, F, B)
     dW = xp.empty((L, F, K), dtype=dtype)
 
+    dyt = dyt.transpose(0, 2, 1)  # (L, B, F) view
+
     def work(lo: int, hi: int) -> None:
         cols = _gather(win, lo, hi)  # (n, K, B)
-        xp.matmul(dyt[lo:hi], cols.transpose(0, 2, 1), out=dW[lo:hi])  # (n, F, K)
+        # dW_l^T = cols_l (K, B) @ dy_l^T (B, F): the long K axis as GEMM rows is much faster
+        # than (F, B) @ (B, K) with tiny F and B; the transpose back is chunk-local (in cache)
+        dW[lo:hi] = xp.matmul(cols, dyt[lo:hi]).transpose(0, 2, 1)  # (n, K, F) -> (n, F, K)
 
     map_chunks(work, L, _chunk_size(xp, L, K * B * xt.itemsize), gpu=_is_gpu(xp))
     return dW.reshape(OY, OX, F, C, k, k)
@@ -147,9 +151,12 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
 def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, int, int, int]) -> Array:
     """dx[b, c, y, x]: per location (K, F) @ (F, B), then col2im scatter-add.
 
-    The scatter-add runs over groups of locations whose windows do not overlap (locations
-    q = ceil(k/s) apart), so each group is one vectorised ``+=`` into a strided view; that is
-    ceil(k/s)**2 adds (<= k*k), never a loop over batch items or single locations.
+    GPU (and the generic path): one batched GEMM for all locations, then a scatter-add over
+    groups of locations whose windows do not overlap (q = ceil(k/s) apart), each group one
+    vectorised ``+=`` into a strided view: ceil(k/s)**2 adds (<= k*k).
+    CPU: each worker thread takes a contiguous range of locations, computes the columns of a
+    cache-sized chunk at a time and adds each window block into its own accumulator; the
+    accumulators are summed at the end (the full (L, K, B) columns never reach main memory).
     """
     xp = get_array_module(dy, W)
     B, C, H, Wd = (int(v) for v in input_shape)
@@ -158,18 +165,32 @@ def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, i
         raise ValueError(f"shapes do not fit: dy {dy.shape}, W {W.shape}, input {input_shape}")
     L, K = OY * OX, C * k * k
     dtype = np.result_type(dy.dtype, W.dtype)
-    Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K)
+    Wt = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K).transpose(0, 2, 1)  # (L, K, F) view
     dyt = xp.ascontiguousarray(dy.astype(dtype, copy=False).transpose(2, 3, 1, 0)).reshape(L, F, B)
-    dcols = xp.empty((L, K, B), dtype=dtype)  # (L, K, B)
+    if _is_gpu(xp) or _FORCE_GENERIC:
+        dxt = _backward_data_grouped(Wt, dyt, (C, H, Wd, B), OY, OX, k, stride)
+    else:
+        dxt = _backward_data_blocks(Wt, dyt, (C, H, Wd, B), OY, OX, k, stride)
+    return xp.ascontiguousarray(xp.moveaxis(dxt, -1, 0))  # (C, H, W, B) -> (B, C, H, W)
+
+
+_FORCE_GENERIC = False  # tests flip this to run the GPU code path on NumPy
+
+
+def _backward_data_grouped(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: int, k: int, s: int) -> Array:
+    """Generic path: all columns at once, scatter-add by non-overlapping groups."""
+    xp = get_array_module(Wt)
+    C, H, Wd, B = shape_t
+    L, K, F = Wt.shape
+    dcols = xp.empty((L, K, B), dtype=Wt.dtype)  # (L, K, B)
 
     def work(lo: int, hi: int) -> None:
-        xp.matmul(Wm[lo:hi].transpose(0, 2, 1), dyt[lo:hi], out=dcols[lo:hi])  # (n, K, B)
+        xp.matmul(Wt[lo:hi], dyt[lo:hi], out=dcols[lo:hi])  # (n, K, B)
 
-    map_chunks(work, L, _chunk_size(xp, L, K * B * np.dtype(dtype).itemsize), gpu=_is_gpu(xp))
-
-    dxt = xp.zeros((C, H, Wd, B), dtype=dtype)  # (C, H, W, B)
+    map_chunks(work, L, _chunk_size(xp, L, K * B * Wt.itemsize), gpu=_is_gpu(xp))
+    dxt = xp.zeros(shape_t, dtype=Wt.dtype)  # (C, H, W, B)
     dc = dcols.reshape(OY, OX, C, k, k, B)
-    q = -(-k // stride)  # windows q locations apart never overlap
+    q = -(-k // s)  # windows q locations apart never overlap
     sc, sh, sw, sb = dxt.strides
     for a in range(min(q, OY)):
         my = len(range(a, OY, q))
@@ -177,9 +198,35 @@ def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, i
             nx = len(range(b, OX, q))
             # (C, my, k, nx, k, B) non-overlapping view of the windows of this group
             tgt = xp.lib.stride_tricks.as_strided(
-                dxt[:, a * stride :, b * stride :, :],
+                dxt[:, a * s :, b * s :, :],
                 shape=(C, my, k, nx, k, B),
-                strides=(sc, q * stride * sh, sh, q * stride * sw, sw, sb),
+                strides=(sc, q * s * sh, sh, q * s * sw, sw, sb),
             )
             tgt += dc[a::q, b::q].transpose(2, 0, 3, 1, 4, 5)  # (my, nx, C, k, k, B) -> view order
-    return xp.ascontiguousarray(xp.moveaxis(dxt, -1, 0))  # (B, C, H, W)
+    return dxt
+
+
+def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: int, k: int, s: int) -> Array:
+    """CPU path: per-thread accumulators, cache-sized chunks, one add per window block."""
+    C, H, Wd, B = shape_t
+    L, K, F = Wt.shape
+    sub = _chunk_size(np, L, K * B * Wt.itemsize)
+    parts: list[np.ndarray] = []
+
+    def work(lo: int, hi: int) -> None:
+        acc = np.zeros(shape_t, dtype=Wt.dtype)  # (C, H, W, B), this thread's own
+        buf = np.empty((sub, K, B), dtype=Wt.dtype)
+        for c0 in range(lo, hi, sub):
+            n = min(sub, hi - c0)
+            dc = np.matmul(Wt[c0 : c0 + n], dyt[c0 : c0 + n], out=buf[:n])  # (n, K, B)
+            dc = dc.reshape(n, C, k, k, B)
+            for i in range(n):
+                oy, ox = divmod(c0 + i, OX)
+                acc[:, oy * s : oy * s + k, ox * s : ox * s + k, :] += dc[i]
+        parts.append(acc)  # list.append is atomic under the GIL
+
+    map_chunks(work, L, -(-L // n_threads()))
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+    return total
