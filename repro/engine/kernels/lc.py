@@ -21,7 +21,7 @@ the same code runs with large chunks (bounded only to cap temporary memory).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +211,7 @@ def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: in
     C, H, Wd, B = shape_t
     L, K, F = Wt.shape
     sub = _chunk_size(np, L, K * B * Wt.itemsize)
-    parts: list[np.ndarray] = []
+    parts: dict[int, np.ndarray] = {}
 
     def work(lo: int, hi: int) -> None:
         acc = np.zeros(shape_t, dtype=Wt.dtype)  # (C, H, W, B), this thread's own
@@ -223,10 +223,11 @@ def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: in
             for i in range(n):
                 oy, ox = divmod(c0 + i, OX)
                 acc[:, oy * s : oy * s + k, ox * s : ox * s + k, :] += dc[i]
-        parts.append(acc)  # list.append is atomic under the GIL
+        parts[lo] = acc  # one key per worker range
 
     map_chunks(work, L, -(-L // n_threads()))
-    total = parts[0]
-    for p in parts[1:]:
-        total += p
+    order = sorted(parts)  # fixed summation order: results do not depend on thread timing
+    total = parts[order[0]]
+    for lo in order[1:]:
+        total += parts[lo]
     return total
