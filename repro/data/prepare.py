@@ -1,0 +1,305 @@
+"""Raw files -> packed store (see ``repro.data.store`` for the format).
+
+Why: training must stream fixed-size uint8 pixels, not decode JPEGs; decoding happens once, here,
+in parallel threads (OpenCV's decoders release the GIL). The order of the store is a deterministic
+shuffle of the sorted file list for the manifest's seed, so two machines preparing the same files
+get byte-identical stores. Work is done shard by shard under ``<store>.partial/``: an interrupted
+prepare picks up at the first unfinished shard; the store appears (by rename) only when complete.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from repro.data import video
+from repro.data.fetch import raw_dir
+from repro.data.manifest import Manifest, PrepareSpec, load
+from repro.data.store import StoreWriter, is_complete
+from repro.errors import ReproError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".gif"}
+
+
+class BadImage(ValueError):
+    """An input file that cannot be decoded (or is too small for the crop)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    label: int
+
+
+def prepared_dir(root: Path, name: str) -> Path:
+    return Path(root) / "prepared" / name
+
+
+def resolve_dataset(name_or_path: str | os.PathLike, split: str = "train", root: str | os.PathLike = "data") -> Path:
+    """Where a prepared store lives: a store folder given directly, or ``<root>/prepared/<NAME>/<split>``.
+
+    NAME may also be a path to a manifest file (its ``name`` field is used).
+    """
+    p = Path(name_or_path)
+    if (p / "index.json").is_file():
+        return p
+    if (p / split / "index.json").is_file():
+        return p / split
+    s = str(name_or_path)
+    if s.endswith(".toml"):
+        s = load(s).name
+    elif os.sep in s or "/" in s:
+        return p / split
+    return prepared_dir(Path(root), s) / split
+
+
+def require_store(name_or_path: str | os.PathLike, split: str = "train", root: str | os.PathLike = "data"):
+    """Open a prepared store or raise a ``ReproError`` naming the exact command that makes it."""
+    from repro.data.store import open_store
+
+    path = resolve_dataset(name_or_path, split, root)
+    if not is_complete(path):
+        name = str(name_or_path)
+        root_opt = "" if Path(root) == Path("data") else f" --root {root}"
+        raise ReproError(f"{path}: dataset not prepared; run `repro data prepare {name}{root_opt}`")
+    return open_store(path)
+
+
+# ------------------------------------------------------------------ decoding
+def decode_file(path: str, grey: bool) -> np.ndarray:
+    """Decode an image file to uint8 (H, W) grey or (H, W, 3) RGB; raises BadImage."""
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise BadImage(f"unreadable ({e.strerror or e})") from None
+    img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR) if buf.size else None
+    if img is None:  # formats OpenCV lacks (e.g. GIF): try Pillow
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                img = np.asarray(im.convert("L" if grey else "RGB"))
+        except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt image
+            raise BadImage(f"corrupt or unsupported image ({e.__class__.__name__})") from None
+        return img
+    return img if grey else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def transform(img: np.ndarray, spec: PrepareSpec) -> np.ndarray:
+    """Crop then resize to the manifest's size (INTER_AREA down, INTER_LINEAR up)."""
+    h, w = img.shape[:2]
+    crop = spec.crop
+    if crop == "center":
+        s = min(h, w)
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        img = img[y0:y0 + s, x0:x0 + s]
+    elif isinstance(crop, tuple):
+        t, l, ch, cw = crop
+        if t + ch > h or l + cw > w:
+            raise BadImage(f"image is {h}x{w}, smaller than the crop box {list(crop)}")
+        img = img[t:t + ch, l:l + cw]
+    H, W = spec.size
+    interp = cv2.INTER_AREA if img.shape[0] >= H and img.shape[1] >= W else cv2.INTER_LINEAR
+    out = cv2.resize(img, (W, H), interpolation=interp)
+    return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def load_item(item: Item, spec: PrepareSpec) -> list[np.ndarray]:
+    """Decoded, transformed images of one input (a video may give several)."""
+    if video.is_video(item.path):
+        try:
+            frames = video.read_frames(item.path, spec.video_every)
+        except video.BadVideo as e:
+            raise BadImage(f"corrupt video ({e})") from None
+        out = []
+        for fr in frames:
+            fr = cv2.cvtColor(fr, cv2.COLOR_BGR2GRAY) if spec.grey else cv2.cvtColor(fr, cv2.COLOR_BGR2RGB)
+            out.append(transform(fr, spec))
+        return out
+    img = decode_file(item.path, spec.grey)
+    if img.ndim == 3 and spec.grey:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    return [transform(img, spec)]
+
+
+# ------------------------------------------------------------------ input listing
+def source_base(m: Manifest, root: Path, from_path: Path | None) -> Path:
+    """Where the manifest's globs are rooted: ``--from``, a recorded local source, or ``raw/<name>/``."""
+    if from_path is not None:
+        if not from_path.exists():
+            raise ReproError(f"{from_path}: no such file or folder")
+        return from_path
+    raw = raw_dir(root, m.name)
+    if m.kind == "local":
+        sj = raw / "source.json"
+        if not sj.is_file():
+            raise ReproError(f"{m.path}: no source recorded for '{m.name}'; run "
+                             f"`repro data fetch {m.name} --from FOLDER_OR_LIST` or `prepare --from`")
+        try:
+            p = Path(json.loads(sj.read_text())["path"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ReproError(f"{sj}: unreadable ({e})") from None
+        if not p.exists():
+            raise ReproError(f"{p}: recorded source of '{m.name}' no longer exists")
+        return p
+    if not raw.is_dir():
+        raise ReproError(f"{raw}: raw files missing; run `repro data fetch {m.name}`")
+    return raw
+
+
+def _is_input(p: str) -> bool:
+    ext = os.path.splitext(p)[1].lower()
+    return ext in IMAGE_EXTS or ext in video.VIDEO_EXTS
+
+
+def list_items(m: Manifest, base: Path, split: str) -> list[Item]:
+    """Sorted inputs of one split; the base may be a folder or a text file listing paths."""
+    items: list[Item] = []
+    listing: list[str] | None = None
+    if base.is_file():
+        listing = _read_list(base)
+    for src in m.prepare.sources:
+        if src.split != split:
+            continue
+        if src.list:
+            lp = base / src.list if base.is_dir() else base.parent / src.list
+            paths = sorted(_read_list(lp))
+        elif listing is not None:
+            paths = sorted(p for p in listing if fnmatch.fnmatch(os.path.relpath(p, base.parent), src.glob)
+                           or fnmatch.fnmatch(p, src.glob))
+        else:
+            paths = sorted(str(p) for p in base.glob(src.glob) if p.is_file())
+        items.extend(Item(p, src.label) for p in paths if _is_input(p))
+    return items
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReproError(f"{path}: cannot read list ({e.__class__.__name__})") from None
+    out = []
+    for ln in lines:
+        ln = ln.strip()
+        if ln and not ln.startswith("#"):
+            q = Path(ln)
+            out.append(str(q if q.is_absolute() else path.parent / q))
+    return out
+
+
+# ------------------------------------------------------------------ prepare
+def spec_params(spec: PrepareSpec) -> dict[str, Any]:
+    return {"size": list(spec.size), "grey": spec.grey,
+            "crop": list(spec.crop) if isinstance(spec.crop, tuple) else spec.crop,
+            "shard_size": spec.shard_size, "seed": spec.seed, "video_every": spec.video_every}
+
+
+def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, split: str,
+                  skip_bad: bool = False, workers: int | None = None, console: Console | None = None,
+                  base: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Decode ``items`` into the store ``out``; returns the path and a summary dict."""
+    console = console or Console(stderr=True)
+    if not items:
+        raise ReproError(f"{m.path or m.name}: split '{split}' matches no image or video files"
+                         + (f" under {base}" if base else ""))
+    order = np.random.default_rng(spec.seed).permutation(len(items))
+    items = [items[i] for i in order]
+    params = spec_params(spec)
+    digest = hashlib.sha256(json.dumps([(it.path, it.label) for it in items]).encode()).hexdigest()
+    plan = {"manifest": m.name, "split": split, "params": params, "inputs": digest, "skip_bad": skip_bad}
+    writer = StoreWriter(out, plan)
+    per = spec.shard_size
+    if spec.video_every > 0 and any(video.is_video(it.path) for it in items):
+        per = max(1, spec.shard_size // 64)  # every-k videos give many frames per input
+    chunks = [items[i:i + per] for i in range(0, len(items), per)]
+    shape = tuple(spec.size) if spec.grey else (*spec.size, 3)
+    workers = workers or max(1, os.cpu_count() or 1)
+    results, skipped, skipped_files, reused = [], 0, [], 0
+    t0, n_img = time.perf_counter(), 0
+    with Progress(TextColumn(f"[bold]{m.name}/{split}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as prog, \
+            ThreadPoolExecutor(workers) as pool:
+        task = prog.add_task("prepare", total=len(items), rate="")
+        for k, chunk in enumerate(chunks):
+            res = writer.done(k)
+            if res is not None:
+                results.append(res)
+                reused += 1
+                if spec.video_every == 0:
+                    skipped += len(chunk) - res.count
+                prog.update(task, advance=len(chunk))
+                continue
+
+            def work(it: Item) -> tuple[Item, list[np.ndarray] | str]:
+                try:
+                    return it, load_item(it, spec)
+                except BadImage as e:
+                    return it, str(e)
+
+            imgs, recs = [], []
+            for it, got in pool.map(work, chunk):
+                if isinstance(got, str):
+                    if not skip_bad:
+                        raise ReproError(f"{it.path}: {got} (use --skip-bad to skip such files)")
+                    skipped += 1
+                    if len(skipped_files) < 20:
+                        skipped_files.append(it.path)
+                    continue
+                for j, img in enumerate(got):
+                    imgs.append(img)
+                    src = it.path if base is None else os.path.relpath(it.path, base if base.is_dir() else base.parent)
+                    recs.append({"label": it.label, "source": src if len(got) == 1 else f"{src}#{j}"})
+                prog.update(task, advance=1)
+            arr = np.stack(imgs) if imgs else np.zeros((0, *shape), np.uint8)
+            results.append(writer.write_shard(k, arr, recs))
+            n_img += len(imgs)
+            dt = time.perf_counter() - t0
+            prog.update(task, advance=0, rate=f"{n_img / max(dt, 1e-9):.0f} img/s")
+    count = sum(r.count for r in results)
+    if count == 0:
+        raise ReproError(f"{m.path or m.name}: split '{split}': no image could be decoded")
+    info = {"skipped": skipped, "skipped_files": skipped_files, "reused_shards": reused,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    writer.finish(shape, results, m.name, split, params, info)
+    return out, {"split": split, "count": count, **info}
+
+
+def prepare(m: Manifest, root: Path, from_path: Path | None = None, skip_bad: bool = False,
+            workers: int | None = None, force: bool = False, seed: int | None = None,
+            console: Console | None = None) -> list[dict[str, Any]]:
+    """Prepare every split of a manifest into ``<root>/prepared/<name>/<split>/``."""
+    if m.kind == "builtin":
+        from repro.data import builtin
+
+        return builtin.prepare_builtin(m, root, force=force, seed=seed, console=console)
+    spec = m.prepare if seed is None else PrepareSpec(**{**m.prepare.__dict__, "seed": seed})
+    base = source_base(m, root, from_path)
+    out_dir = prepared_dir(root, m.name)
+    summaries = []
+    for split in m.splits:
+        out = out_dir / split
+        if is_complete(out) and not force:
+            from repro.data.store import open_store
+
+            st = open_store(out)
+            if st.index.get("params") == spec_params(spec):
+                summaries.append({"split": split, "count": len(st), "skipped": st.index["info"].get("skipped", 0),
+                                  "note": "already prepared"})
+                continue
+        items = list_items(m, base, split)
+        _, s = prepare_split(m, items, out, spec, split, skip_bad=skip_bad, workers=workers,
+                             console=console, base=base)
+        summaries.append(s)
+    return summaries
