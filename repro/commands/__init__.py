@@ -7,8 +7,10 @@ import click
 def register(cli: click.Group) -> None:
     from repro.commands.export import export
     from repro.commands.info import info
+    from repro.commands.train import train
     from repro.data.cli import data
 
     cli.add_command(info)
     cli.add_command(export)
+    cli.add_command(train)
     cli.add_command(data)

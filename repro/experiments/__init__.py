@@ -1,1 +1,1 @@
-"""."""
+"""The paper's steps, one module each: train, evaluate, visualize, invariance, control, scaling."""

@@ -45,8 +45,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def save(directory: str | os.PathLike, step: int, cfg: NetworkConfig, tensors: dict[str, Any],
          tiles: dict[str, tuple[int, int, int, int]], extra: dict[str, Any] | None = None,
-         w: World | None = None) -> Path:
-    """Collective: every rank passes its tiles; returns the final checkpoint folder."""
+         w: World | None = None, keep: int | None = None) -> Path:
+    """Collective: every rank passes its tiles; returns the final checkpoint folder.
+
+    ``keep``: how many checkpoints to keep in ``directory`` (the newest; None keeps all).
+    """
     w = w or world()
     root = Path(directory)
     final = root / f"step-{step:08d}"
@@ -77,6 +80,10 @@ def save(directory: str | os.PathLike, step: int, cfg: NetworkConfig, tensors: d
             shutil.rmtree(final)
         os.replace(tmp, final)
         write_json_atomic(root / "latest.json", {"step": step, "path": final.name})
+        if keep is not None:
+            old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
+            for p in old[:max(0, len(old) - (keep - 1))]:
+                shutil.rmtree(p, ignore_errors=True)
     w.barrier()
     return final
 

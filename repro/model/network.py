@@ -61,6 +61,14 @@ def init_tile(cfg: NetworkConfig, stage: int, which: str, tile: tuple[int, int, 
     return out.astype(dtype)
 
 
+def standardize(x: Any) -> Any:
+    """Per image: subtract the mean, divide by the standard deviation (floored for flat images)."""
+    xp = get_array_module(x)
+    axes = tuple(range(1, x.ndim))
+    x = x - x.mean(axis=axes, keepdims=True)
+    return x / xp.maximum(x.std(axis=axes, keepdims=True), 1e-3)
+
+
 def _tiled(kernel: Any, out_shape: tuple[int, ...], first: Any, *args: Any) -> Any:
     """Run a kernel on this rank's tile; a rank whose tile of that layer is empty (a layer with
     fewer rows than the process grid) gets an empty result of the right shape without a call."""
@@ -123,8 +131,12 @@ class Network:
         return next(iter(self.params.values())).dtype
 
     def input_array(self, images: Any) -> DistArray:
-        """The minibatch every rank of the group holds, seen as the first stage's input."""
-        x = self.xp.asarray(images, dtype=self.dtype)
+        """The minibatch every rank of the group holds, seen as the first stage's input.
+
+        Each image is standardised (zero mean, unit variance over its pixels) so that the
+        objective's scale does not depend on a dataset's brightness or contrast.
+        """
+        x = standardize(self.xp.asarray(images, dtype=self.dtype))
         return DistArray.from_replicated(x, self.layout.stages[0].part_in, self.w)
 
     # ---- forward ------------------------------------------------------------------------------
@@ -223,7 +235,7 @@ def apply_update(net: Network, opt: Optimizer, grads: dict[str, Any]) -> None:
 
 
 def save_checkpoint(net: Network, opt: Optimizer | None, directory: Any, step: int,
-                    extra: dict[str, Any] | None = None) -> Any:
+                    extra: dict[str, Any] | None = None, keep: int | None = None) -> Any:
     """Collective: weights and optimiser state, each rank its tiles."""
     tensors = dict(net.params)
     tiles = {n: net.weight_tile(n) for n in net.params}
@@ -236,7 +248,7 @@ def save_checkpoint(net: Network, opt: Optimizer | None, directory: Any, step: i
     extra = dict(extra or {})
     if opt is not None:
         extra.setdefault("optimizer", {"kind": opt.kind, "lr": opt.lr, "momentum": opt.momentum})
-    return ckpt.save(directory, step, net.cfg, tensors, tiles, extra, net.w)
+    return ckpt.save(directory, step, net.cfg, tensors, tiles, extra, net.w, keep=keep)
 
 
 def load_checkpoint(path: Any, cfg: NetworkConfig | None = None, xp: Any = np, w: World | None = None,

@@ -1,0 +1,57 @@
+"""``repro train``: greedy layer-wise RICA training, then optional joint fine-tuning."""
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from repro.experiments.run import open_session
+from repro.experiments.train import resolve_config, train as run_training
+
+
+def open_training_data(session, name: str, root: str, console: Console):  # noqa: ANN001, ANN201
+    """The training store; the built-in ``mini`` is prepared on first use (rank 0), others must exist."""
+    from repro.data.builtin import ensure_mini
+    from repro.data.prepare import require_store
+
+    if name == "mini":
+        if session.w.is_root:
+            ensure_mini(root, console=console)
+        session.w.barrier()
+    return require_store(name, "train", root)
+
+
+@click.command("train")
+@click.option("--config", "config_name", default="mini", show_default=True, help="Built-in config or .toml path.")
+@click.option("--data", default=None, help="Dataset (manifest name or store folder); default: the config's.")
+@click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder.")
+@click.option("--out", "out", default=None, help="Run folder (default results/<timestamp>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (resume later).")
+@click.option("--layer-steps", type=click.IntRange(0), default=None, help="Greedy steps per stage.")
+@click.option("--finetune-steps", type=click.IntRange(0), default=None, help="Joint fine-tuning steps afterwards.")
+@click.option("--batch", type=click.IntRange(1), default=None, help="Minibatch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adagrad"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Steps between checkpoints.")
+@click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints to keep (newest).")
+@click.pass_obj
+def train(obj, config_name, data, root, out, resume, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
+          optimizer, seed, checkpoint_every, keep) -> None:
+    """Train a network (default: mini on the built-in data) on any number of MPI ranks, CPU or GPU."""
+    if resume and out is None:
+        raise click.BadParameter("--resume needs --out RUN (the run to continue)", param_hint="--resume")
+    console = Console(stderr=True)
+    session = open_session(obj.device, out)
+    cfg = resolve_config(session, config_name, resume, {
+        "layer_steps": layer_steps, "finetune_steps": finetune_steps, "batch": batch, "lr": lr,
+        "optimizer": optimizer, "seed": seed, "checkpoint_every": checkpoint_every})
+    store = open_training_data(session, data or cfg.data, root, console)
+    summary = run_training(session, cfg, store, resume=resume, max_steps=max_steps, console=console,
+                           keep=keep)
+    if session.w.is_root:
+        state = "finished" if summary["finished"] else f"stopped at step {summary['steps_done']}"
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["last_loss"].items())
+        Console().print(f"[bold]train[/bold] {cfg.name}: {state} of {summary['steps_total']} steps on "
+                        f"{summary['ranks']} rank(s) ({summary['device']}), {summary['images_per_s']:.0f} images/s; "
+                        f"last losses: {losses}\nrun folder: {session.run}")

@@ -1,0 +1,193 @@
+"""Greedy layer-wise RICA training of every stage, then optional joint fine-tuning.
+
+    repro train                                   # mini network on the built-in data, 1 rank
+    mpiexec -n 4 repro train --config le2012 --data youtube-frames --device gpu --out results/le
+    repro train --out results/le --resume         # continue an interrupted run
+
+The schedule is a list of steps: ``layer_steps`` for stage 0, then for stage 1, ..., then
+``finetune_steps`` joint steps. Step ``g`` always trains on the same minibatch (drawn from the seed
+and ``g``), so a resumed run ends with the same parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from repro.errors import ReproError
+from repro.experiments.run import Session
+from repro.model import checkpoint as ckpt
+from repro.model.config import NetworkConfig
+from repro.model.network import Network, apply_update, load_checkpoint, save_checkpoint
+from repro.model.optim import Optimizer
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "stage0" ... or "finetune"
+    stage: int | None  # None for joint fine-tuning
+    start: int  # first global step of the phase
+    steps: int
+
+
+def schedule(cfg: NetworkConfig) -> list[Phase]:
+    phases, g = [], 0
+    for i in range(len(cfg.stages)):
+        phases.append(Phase(f"stage{i}", i, g, cfg.train.layer_steps))
+        g += cfg.train.layer_steps
+    if cfg.train.finetune_steps:
+        phases.append(Phase("finetune", None, g, cfg.train.finetune_steps))
+    return phases
+
+
+def batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
+    """The images of global step ``step``: epochs of seeded permutations, a pure function of (seed, step)."""
+    if batch > n:
+        raise ReproError(f"minibatch of {batch} is larger than the dataset ({n} images)")
+    per_epoch = n // batch
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return np.sort(perm[pos * batch:(pos + 1) * batch])
+
+
+def as_batch(images: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W[, C]) from a store -> float32 (B, C, H, W) in [0, 1]."""
+    x = images.astype(np.float32) / 255.0
+    return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def prefetch(store: Any, batch: int, seed: int, steps: range, depth: int = 3) -> Iterator[np.ndarray]:
+    """Minibatches of the given steps, read ahead on a thread so training never waits on disk."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for g in steps:
+                if stop.is_set():
+                    return
+                q.put(as_batch(store.images(batch_indices(len(store), batch, seed, g))))
+            q.put(None)
+        except BaseException as exc:  # hand the error to the training thread
+            q.put(exc)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _check_data(cfg: NetworkConfig, store: Any, where: str) -> None:
+    shape = tuple(store.shape)
+    h, w = shape[:2]
+    c = shape[2] if len(shape) == 3 else 1
+    if (h, w) != tuple(cfg.input_size) or c != cfg.channels:
+        raise ReproError(f"{where}: images are {h}x{w}x{c}, config {cfg.name!r} wants "
+                         f"{cfg.input_size[0]}x{cfg.input_size[1]}x{cfg.channels}")
+
+
+def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False, max_steps: int | None = None,
+          console: Console | None = None, keep: int = 2) -> dict[str, Any]:
+    """Run (or continue) the schedule; checkpoints in ``RUN/checkpoints`` (the newest ``keep``); returns the summary."""
+    w, xp, t = session.w, session.xp, cfg.train
+    console = console or Console(stderr=True)
+    _check_data(cfg, store, str(getattr(store, "path", "dataset")))
+    ck_dir = session.run / "checkpoints"
+    opt = Optimizer.from_config(t)
+    start = 0
+    if resume and (ck_dir / "latest.json").exists():
+        net, manifest = load_checkpoint(ck_dir, cfg, xp, w, opt=opt)
+        start = int(manifest["step"])
+    else:
+        if resume and w.is_root:
+            console.print(f"no checkpoint in {ck_dir}: starting from step 0")
+        net = Network.create(cfg, seed=t.seed, xp=xp, w=w)
+    phases = schedule(cfg)
+    total = sum(p.steps for p in phases)
+    end = total if max_steps is None else min(total, start + max_steps)
+    session.write_json("config.json", cfg.to_dict())
+    log_path = session.run / "train-log.jsonl"
+    losses: dict[str, float] = {}
+    t0, seen = time.perf_counter(), 0
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+                        TimeRemainingColumn(), console=console, disable=not w.is_root)
+    with progress, (open(log_path, "a") if w.is_root else _Null()) as log:
+        task = progress.add_task("train", total=total, completed=start, loss=float("nan"), ips=0.0)
+        batches = prefetch(store, t.batch, t.seed, range(start, end))
+        for g in range(start, end):
+            phase = next(p for p in phases if p.start <= g < p.start + p.steps)
+            x = next(batches)
+            if phase.stage is None:
+                loss, grads = net.finetune_loss_and_grads(x)
+            else:
+                loss, grads = net.layer_loss_and_grads(x, phase.stage)
+            apply_update(net, opt, grads)
+            if not np.isfinite(loss):
+                raise ReproError(f"loss became {loss} at step {g} ({phase.name}); lower train.lr")
+            losses[phase.name] = loss
+            seen += t.batch
+            ips = seen / (time.perf_counter() - t0)
+            progress.update(task, advance=1, description=f"train {phase.name}", loss=loss, ips=ips)
+            if w.is_root:
+                log.write(json.dumps({"step": g + 1, "phase": phase.name, "loss": loss}) + "\n")
+            done = g + 1
+            if done % t.checkpoint_every == 0 or done == end:
+                save_checkpoint(net, opt, ck_dir, done, {"phase": phase.name}, keep=keep)
+    if start == end and start > 0 and w.is_root:
+        console.print(f"nothing to do: the run is already at step {start} of {total}")
+    wall = time.perf_counter() - t0
+    summary = {"steps_done": end, "steps_total": total, "finished": end == total, "ranks": w.size,
+               "device": session.backend.name, "last_loss": losses, "images_per_s": seen / wall if wall else 0.0,
+               "seconds": wall, "checkpoint": str(ck_dir / f"step-{end:08d}") if end else None}
+    session.write_json("train.json", summary)
+    return summary
+
+
+class _Null:
+    def __enter__(self) -> "_Null":
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+    def write(self, s: str) -> None:
+        return None
+
+
+def resolve_config(session: Session, config: str, resume: bool, overrides: dict[str, Any]) -> NetworkConfig:
+    """The config to train: on --resume the run's own (config.json), else the named one plus overrides."""
+    from repro.model.config import from_dict, load_config, validate
+
+    saved = session.run / "config.json"
+    if resume and saved.exists():
+        try:
+            cfg = from_dict(ckpt._config_table(json.loads(saved.read_text())), str(saved))
+        except ValueError as exc:
+            raise ReproError(f"{saved}: unreadable ({exc})") from None
+    else:
+        cfg = load_config(config)
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    if kw:
+        cfg = replace(cfg, train=replace(cfg.train, **kw))
+    return validate(cfg, "options")
+
+
+def default_run_dir() -> Path:
+    return Path("results")
