@@ -14,8 +14,8 @@ from repro.engine.comm import abort_on_error, world
 from repro.engine.distarray import DistArray, HaloPlan, scatter_add
 from repro.engine.partition import Partition, ProcGrid
 from repro.model.config import from_dict
-from repro.model.network import (Network, apply_update, gather_activation, gather_tiles, load_checkpoint,
-                                 save_checkpoint)
+from repro.model.network import (Network, apply_update, compute_features, gather_activation, gather_tiles,
+                                 load_checkpoint, save_checkpoint, standardize, unit_gradient)
 from repro.model.optim import Optimizer
 
 SMALL = {
@@ -79,7 +79,13 @@ def scenario_network() -> dict[str, np.ndarray]:
     out["finetune.loss"] = np.array(loss)
     for n, g in gather_tiles(net, grads, root=None).items():
         out[f"finetune.grad.{n}"] = g
-    opt = Optimizer("adagrad", 0.05)
+    out["features"] = compute_features(net, x, 1, "lcn", batch=3)
+    for sub in ("filter", "pool", "lcn"):
+        v, g = unit_gradient(net, standardize(x[:1]), 1, sub, (1, 1, 0))
+        out[f"unitgrad.{sub}"], out[f"unitval.{sub}"] = g, np.array(v)
+    # SGD: its update is linear in the gradient, so float32 round-off stays round-off. (AdaGrad's
+    # first step is lr * g / |g|: a gradient that is zero up to round-off moves by +-lr.)
+    opt = Optimizer("sgd", 0.05, 0.9)
     for step in range(3):
         _, grads = net.finetune_loss_and_grads(images(seed=100 + step))
         apply_update(net, opt, grads)

@@ -110,3 +110,32 @@ def test_impossible_shapes_are_one_line_errors(change, msg):
 def test_unknown_config_names_the_choices():
     with pytest.raises(ReproError, match="unknown config 'nope'.*mini"):
         load_config("nope")
+
+
+@pytest.mark.parametrize("sublayer", ["filter", "pool", "lcn"])
+def test_unit_gradient_matches_finite_differences(sublayer):
+    from repro.model.network import standardize, unit_gradient
+
+    net = small_net(seed=3)
+    x = standardize(images(b=1).astype(np.float64))
+    unit = (1, 1, 1)
+    value, grad = unit_gradient(net, x, 1, sublayer, unit)
+    rng = np.random.default_rng(0)
+    h = 1e-6
+    for _ in range(5):
+        idx = tuple(int(rng.integers(s)) for s in x.shape)
+        xp_, xm = x.copy(), x.copy()
+        xp_[idx] += h
+        xm[idx] -= h
+        fd = (unit_gradient(net, xp_, 1, sublayer, unit)[0] - unit_gradient(net, xm, 1, sublayer, unit)[0]) / (2 * h)
+        assert grad[idx] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_compute_features_layout():
+    from repro.model.network import compute_features
+
+    net = small_net()
+    x = images(b=5).astype(np.float64)
+    feats = compute_features(net, x, 1, "pool", batch=2)
+    c = net.forward(x)[1]
+    np.testing.assert_allclose(feats, c.p.reshape(5, -1))

@@ -299,3 +299,70 @@ def gather_tiles(net: Network, tiles: dict[str, Any], root: int | None = 0) -> d
 def gather_activation(net: Network, tile: Any, part: Any, root: int | None = 0) -> np.ndarray | None:
     """A whole (B, F, H, W) activation from every rank's tile of partition ``part``."""
     return gather(DistArray(tile, part, net.w), root)
+
+
+def sublayer_partition(net: Network, stage: int, sublayer: str) -> Any:
+    L = net.layout.stages[stage]
+    try:
+        return {"filter": L.part_f, "pool": L.part_p, "lcn": L.part_n}[sublayer]
+    except KeyError:
+        raise ValueError(f"unknown sublayer {sublayer!r}: choose filter, pool or lcn") from None
+
+
+def unit_gradient(net: Network, x_std: Any, stage: int, sublayer: str, unit: tuple[int, int, int]
+                  ) -> tuple[float, Any]:
+    """One neuron's activation and its gradient with respect to the (already standardised) input.
+
+    ``unit`` = (map, row, col) in the sublayer's global grid; ``x_std`` is the (B, C, H, W) input
+    after :func:`standardize`, replicated on every rank. Returns the activations summed over the
+    batch and d(that sum)/d(x_std), the same full array on every rank (the optimal stimulus of
+    Le et al. is a projected gradient ascent on this).
+    """
+    xp = net.xp
+    x = xp.asarray(x_std, dtype=net.dtype)
+    caches, a = [], DistArray.from_replicated(x, net.layout.stages[0].part_in, net.w)
+    for i in range(stage + 1):
+        c = net.stage_forward(i, a)
+        caches.append(c)
+        a = DistArray(c.z, net.layout.stages[i].part_n, net.w)
+    f, gy, gx = unit
+    part = sublayer_partition(net, stage, sublayer)
+    y0, y1, x0, x1 = part.tile(net.w.rank)
+    last = caches[-1]
+    act = {"filter": last.y, "pool": last.p, "lcn": last.z}[sublayer]
+    seed = xp.zeros(act.shape, dtype=act.dtype)
+    value = 0.0
+    if y0 <= gy < y1 and x0 <= gx < x1:
+        seed[:, f, gy - y0, gx - x0] = 1.0
+        value = float(act[:, f, gy - y0, gx - x0].sum())
+    value = net.w.allreduce_sum(value)
+    grad, level = seed, sublayer
+    for i in reversed(range(stage + 1)):
+        s, L, c = net.cfg.stages[i], net.layout.stages[i], caches[i]
+        if level == "lcn":
+            grad = scatter_add(_tiled(K.lcn_backward, c.pw.shape, grad, c.pw, s.lcn, s.lcn_sigma, s.lcn_eps),
+                               L.plan_p, net.w)
+            level = "pool"
+        if level == "pool":
+            grad = scatter_add(_tiled(K.l2pool_backward, c.yw.shape, grad, c.yw, c.p, s.pool, s.pool_stride),
+                               L.plan_f, net.w)
+        grad = scatter_add(_tiled(K.lc_backward_data, c.xw.shape, grad, net.params[f"stage{i}.W1"], s.stride,
+                                  c.xw.shape), L.plan_in, net.w)
+        level = "lcn"
+    full = gather(DistArray(grad, net.layout.stages[0].part_in, net.w), root=None)
+    return value, xp.asarray(full)
+
+
+def compute_features(net: Network, images: Any, stage: int, sublayer: str = "pool", batch: int = 256) -> np.ndarray:
+    """Activations of every neuron of one sublayer for a set of images: (N, maps*H*W) on every rank.
+
+    Neuron ``j`` is flat index ``(map, row, col)`` of the sublayer's (maps, H, W) grid, so the
+    same index means the same neuron on any rank count.
+    """
+    part = sublayer_partition(net, stage, sublayer)
+    out = []
+    for lo in range(0, len(images), batch):
+        tile = net.features(images[lo:lo + batch], stage, sublayer)
+        full = gather(DistArray(tile, part, net.w), root=None)
+        out.append(full.reshape(full.shape[0], -1))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
