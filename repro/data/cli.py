@@ -42,7 +42,8 @@ def list_cmd(root: Path) -> None:
     from repro.data.manifest import available, load, manifests_dir
 
     t = Table(title=f"manifests in {manifests_dir()}")
-    for c in ("name", "role", "kind", "expected", "fetched", "prepared"):
+    t.add_column("name", no_wrap=True)
+    for c in ("role", "kind", "expected", "fetched", "prepared"):
         t.add_column(c)
     paths = available()
     names = [p.stem for p in paths]
@@ -86,15 +87,21 @@ def fetch_cmd(name: str, from_path: Path | None, root: Path) -> None:
 @click.option("--skip-bad", is_flag=True, help="Skip undecodable images/videos and report how many.")
 @click.option("--workers", type=int, default=None, help="Decoding threads (default: all cores).")
 @click.option("--seed", type=int, default=None, help="Order / generation seed (default: the manifest's).")
+@click.option("--size", type=(int, int), default=None, metavar="H W",
+              help="Output image size, overriding the manifest's (e.g. 32 32 for the mini network).")
 @click.option("--force", is_flag=True, help="Rebuild even if a complete store with these parameters exists.")
 @root_option
 def prepare_cmd(name: str, from_path: Path | None, skip_bad: bool, workers: int | None, seed: int | None,
-                force: bool, root: Path) -> None:
+                size: tuple[int, int] | None, force: bool, root: Path) -> None:
     """Decode NAME's raw files into packed stores ROOT/prepared/NAME/<split>/ (resumable)."""
     from repro.data.manifest import load
     from repro.data.prepare import prepare
 
     m = load(name)
+    if size is not None:
+        if min(size) <= 0:
+            raise ReproError(f"--size: must be two positive integers, got {size[0]} {size[1]}")
+        m.prepare.size = (size[0], size[1])
     sums = prepare(m, root, from_path=from_path, skip_bad=skip_bad, workers=workers, force=force, seed=seed,
                    console=_console())
     t = Table(title=f"{m.name} -> {root / 'prepared' / m.name}")

@@ -9,6 +9,7 @@ reports a truncated archive as one line instead of a traceback.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import lzma
 import os
@@ -69,7 +70,7 @@ def download(url: str, dest: Path, sha256: str = "", size: int = 0, console: Con
         if e.code == 416 and have:  # already complete: server has nothing past our end
             return _finish(part, dest, sha256, url)
         raise ReproError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise ReproError(f"{url}: cannot download ({reason}); on a machine without internet use "
                          f"`repro data fetch NAME --from PATH`") from None
@@ -89,7 +90,7 @@ def download(url: str, dest: Path, sha256: str = "", size: int = 0, console: Con
                         break
                     out.write(b)
                     prog.update(task, advance=len(b))
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, http.client.HTTPException) as e:
                 raise ReproError(f"{url}: connection lost after {out.tell()} bytes ({e}); "
                                  f"run fetch again to resume") from None
     if total_n and part.stat().st_size < total_n:

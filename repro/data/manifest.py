@@ -23,7 +23,8 @@ Schema (fields marked * are required)::
     size = [32, 32]                     # output H, W
     grey = true                         # grey (H, W) or colour (H, W, 3)
     crop = "center"                     # "center" (largest centred square), "none" (squash),
-                                        # or [top, left, height, width] in source pixels
+                                        # "cat-head" (square around the 9 landmarks of <img>.cat,
+                                        # enlarged 1.3x), or [top, left, height, width] in pixels
     shard_size = 4096                   # images per shard
     seed = 0                            # order of the store (shuffled once, deterministically)
     video_every = 0                     # videos: 0 = one frame per video (the paper), k = every k-th
@@ -54,6 +55,7 @@ from repro.errors import ReproError
 
 ROLES = ("unlabeled", "test")
 KINDS = ("download", "local", "builtin")
+CROPS = ("center", "none", "cat-head")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -193,8 +195,8 @@ def parse(data: dict[str, Any], path: Path | None, stem: str | None = None) -> M
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise ReproError(f"{w}: field 'size' must be [height, width] of positive integers, got {size!r}")
     crop = _opt(p, "crop", (str, list), "center", w)
-    if isinstance(crop, str) and crop not in ("center", "none"):
-        raise ReproError(f"{w}: field 'crop' must be \"center\", \"none\" or [top, left, height, width], got {crop!r}")
+    if isinstance(crop, str) and crop not in CROPS:
+        raise ReproError(f"{w}: field 'crop' must be one of {', '.join(CROPS)} or [top, left, height, width], got {crop!r}")
     if isinstance(crop, list):
         if len(crop) != 4 or not all(isinstance(c, int) and c >= 0 for c in crop) or crop[2] <= 0 or crop[3] <= 0:
             raise ReproError(f"{w}: field 'crop' box must be 4 non-negative integers [top, left, height, width], got {crop!r}")

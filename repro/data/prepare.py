@@ -97,10 +97,30 @@ def decode_file(path: str, grey: bool) -> np.ndarray:
     return img if grey else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def transform(img: np.ndarray, spec: PrepareSpec) -> np.ndarray:
+def cat_head_box(path: str, h: int, w: int) -> tuple[int, int, int, int]:
+    """Square box (top, left, side, side) around the 9 landmarks in ``<path>.cat``, enlarged 1.3x."""
+    try:
+        vals = [int(float(v)) for v in Path(path + ".cat").read_text().split()]
+    except (OSError, ValueError) as e:
+        raise BadImage(f"no readable landmark file {path}.cat ({e.__class__.__name__})") from None
+    if len(vals) < 3 or vals[0] * 2 + 1 > len(vals):
+        raise BadImage(f"malformed landmark file {path}.cat")
+    pts = np.asarray(vals[1:1 + 2 * vals[0]], dtype=np.float64).reshape(-1, 2)
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    side = 1.3 * max(x1 - x0, y1 - y0, 1.0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = min(side, h, w)
+    top = int(round(min(max(cy - side / 2, 0), h - side)))
+    left = int(round(min(max(cx - side / 2, 0), w - side)))
+    return top, left, int(side), int(side)
+
+
+def transform(img: np.ndarray, spec: PrepareSpec, path: str = "") -> np.ndarray:
     """Crop then resize to the manifest's size (INTER_AREA down, INTER_LINEAR up)."""
     h, w = img.shape[:2]
     crop = spec.crop
+    if crop == "cat-head":
+        crop = cat_head_box(path, h, w)
     if crop == "center":
         s = min(h, w)
         y0, x0 = (h - s) // 2, (w - s) // 2
@@ -131,7 +151,7 @@ def load_item(item: Item, spec: PrepareSpec) -> list[np.ndarray]:
     img = decode_file(item.path, spec.grey)
     if img.ndim == 3 and spec.grey:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    return [transform(img, spec)]
+    return [transform(img, spec, item.path)]
 
 
 # ------------------------------------------------------------------ input listing

@@ -1,0 +1,79 @@
+"""Manifests: every shipped one parses; bad ones fail with one line naming the file and the field."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+try:
+    import tomllib
+except ImportError:  # pragma: no cover
+    import tomli as tomllib
+
+from repro.cli import cli
+from repro.data import manifest
+from repro.data.builtin import MINI_MANIFEST
+from repro.errors import ReproError
+
+REQUIRED = ["lfw", "cat-heads", "daimler-pedestrians", "imagenet-negatives", "youtube-frames", "mini"]
+
+
+def test_shipped_manifests_parse():
+    names = {p.stem for p in manifest.available()}
+    assert set(REQUIRED) <= names
+    for n in names:
+        m = manifest.load(n)
+        assert m.name == n and m.licence and m.citation
+        assert m.splits
+
+
+def test_mini_manifest_in_code_matches_file():
+    f = manifest.manifests_dir() / "mini.toml"
+    assert tomllib.loads(f.read_text()) == tomllib.loads(MINI_MANIFEST)
+
+
+def test_mini_works_without_manifests_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("REPRO_MANIFESTS", str(tmp_path))
+    assert manifest.load("mini").kind == "builtin"
+
+
+GOOD = """name = "x"\nrole = "test"\nconcept = "faces"\nkind = "local"\ndescription = "d"\nlicence = "l"\ncitation = "c"
+[prepare]\nsize = [8, 8]\n[[prepare.sources]]\nsplit = "test"\nlabel = 1\nglob = "*.png"\n"""
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda s: s.replace('licence = "l"\n', ""), "missing field 'licence'"),
+    (lambda s: s.replace('role = "test"', 'role = "train"'), "field 'role'"),
+    (lambda s: s.replace('size = [8, 8]', 'size = [8]'), "field 'size'"),
+    (lambda s: s.replace('label = 1', 'label = "one"'), "field 'label' must be int"),
+    (lambda s: s.replace('concept = "faces"\n', ""), "'concept' is required"),
+    (lambda s: s.replace('kind = "local"', 'kind = "download"'), "[[files]]"),
+    (lambda s: s + "[[files]]\nname = 'a.zip'\nsha256 = 'xyz'\n", "64 hex"),
+    (lambda s: s.replace('name = "x"', 'name = "y"'), "file is named"),
+    (lambda s: s + "this is not toml [", "invalid TOML"),
+])
+def test_bad_manifest_one_line(tmp_path, edit, needle):
+    p = tmp_path / "x.toml"
+    p.write_text(edit(GOOD))
+    with pytest.raises(ReproError) as ei:
+        manifest.load(str(p))
+    msg = ei.value.message
+    assert needle in msg and str(p) in msg and "\n" not in msg
+
+
+def test_good_manifest_and_cli_errors(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text(GOOD)
+    assert manifest.load(str(p)).prepare.size == (8, 8)
+    r = CliRunner().invoke(cli, ["data", "prepare", str(tmp_path / "nope.toml"), "--root", str(tmp_path)])
+    assert r.exit_code != 0 and "nope.toml" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["data", "verify", "no-such-dataset", "--root", str(tmp_path)])
+    assert r.exit_code != 0 and "no such manifest" in r.output
+
+
+def test_list_command(tmp_path):
+    r = CliRunner().invoke(cli, ["data", "list", "--root", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    for n in REQUIRED:
+        assert n in r.output
