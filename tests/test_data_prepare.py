@@ -1,0 +1,171 @@
+"""prepare: raw files -> store; deterministic, resumable, all-or-nothing, --skip-bad; videos."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from repro.cli import cli
+from repro.data import manifest, open_store, require_store, resolve_dataset
+from repro.data.prepare import prepare
+from repro.errors import ReproError
+from test_data_helpers import make_images, make_video, write_manifest
+
+
+def _setup(tmp_path: Path, n: int = 10):
+    src = tmp_path / "src"
+    make_images(src / "pos", n // 2, seed=1, prefix="p")
+    make_images(src / "neg", n - n // 2, seed=2, prefix="n", ext=".jpg")
+    m = write_manifest(tmp_path / "toy.toml", "toy", kind="local",
+                       sources=[{"split": "test", "label": 1, "glob": "pos/*"},
+                                {"split": "test", "label": 0, "glob": "neg/*"}])
+    return src, m
+
+
+def test_prepare_store_format_and_determinism(tmp_path):
+    src, m = _setup(tmp_path)
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--root", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "a" / "prepared" / "toy" / "test"
+    idx = json.loads((path / "index.json").read_text())
+    assert idx["format"] == "repro-store" and idx["version"] == 1 and idx["shape"] == [16, 16]
+    assert idx["count"] == 10 and len(idx["shards"]) == 3  # shard_size 4
+    assert {"shard", "offset", "label", "source", "sha256"} <= set(idx["records"][0])
+    arr = np.load(path / "shard-00000.npy", mmap_mode="r", allow_pickle=False)
+    assert arr.dtype == np.uint8 and arr.shape == (4, 16, 16)
+    st = open_store(path)
+    assert len(st) == 10 and st.shape == (16, 16) and sorted(st.labels.tolist()) == [0] * 5 + [1] * 5
+    assert st.images([9, 0, 3]).shape == (3, 16, 16) and st.verify() == []
+    assert not list(path.parent.glob("*.partial"))
+    # same seed -> byte-identical store elsewhere; another seed -> another order
+    prepare(manifest.load(str(m)), tmp_path / "b", from_path=src)
+    st2 = open_store(tmp_path / "b" / "prepared" / "toy" / "test")
+    assert [r["sha256"] for r in st.records] == [r["sha256"] for r in st2.records]
+    assert [r["source"] for r in st.records] == [r["source"] for r in st2.records]
+    prepare(manifest.load(str(m)), tmp_path / "c", from_path=src, seed=5)
+    st3 = open_store(tmp_path / "c" / "prepared" / "toy" / "test")
+    assert [r["source"] for r in st3.records] != [r["source"] for r in st.records]
+    # already prepared: a rerun is a no-op
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--root", str(tmp_path / "a")])
+    assert r.exit_code == 0 and "already prepared" in r.output
+
+
+def test_prepare_colour_and_size_override(tmp_path):
+    src, m = _setup(tmp_path, 4)
+    text = m.read_text().replace("grey = true", "grey = false")
+    m.write_text(text)
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--size", "8", "12",
+                                 "--root", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    st = open_store(tmp_path / "r" / "prepared" / "toy" / "test")
+    assert st.shape == (8, 12, 3) and st.channels == 3
+
+
+def test_corrupt_image_and_skip_bad(tmp_path):
+    src, m = _setup(tmp_path)
+    (src / "pos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (src / "pos" / "empty.jpg").write_bytes(b"")
+    root = tmp_path / "r"
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--root", str(root)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert ("broken.png" in r.output or "empty.jpg" in r.output) and "--skip-bad" in r.output
+    assert not (root / "prepared" / "toy" / "test").exists()  # no half-written store
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--root", str(root), "--skip-bad"])
+    assert r.exit_code == 0, r.output
+    assert "skipped 2" in r.output
+    st = open_store(root / "prepared" / "toy" / "test")
+    assert len(st) == 10 and st.index["info"]["skipped"] == 2
+
+
+def test_resume_reuses_finished_shards(tmp_path, monkeypatch):
+    src, m = _setup(tmp_path, 12)
+    root = tmp_path / "r"
+    mf = manifest.load(str(m))
+    import repro.data.prepare as prep
+
+    real = prep.load_item
+    calls = {"n": 0}
+
+    def flaky(item, spec):
+        calls["n"] += 1
+        if calls["n"] > 6:  # die in the middle of the second shard
+            raise KeyboardInterrupt
+        return real(item, spec)
+
+    monkeypatch.setattr(prep, "load_item", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(mf, root, from_path=src, workers=1)
+    out = root / "prepared" / "toy" / "test"
+    assert not out.exists() and (out.parent / "test.partial" / "shard-00000.npy").exists()
+    monkeypatch.setattr(prep, "load_item", real)
+    calls["n"] = 0
+    [s] = prepare(mf, root, from_path=src, workers=1)
+    assert s["reused_shards"] == 1 and s["count"] == 12
+    fresh = tmp_path / "fresh"
+    prepare(mf, fresh, from_path=src)
+    a, b = open_store(out), open_store(fresh / "prepared" / "toy" / "test")
+    assert [r["sha256"] for r in a.records] == [r["sha256"] for r in b.records]
+
+
+def test_missing_inputs_and_require_store(tmp_path):
+    src, m = _setup(tmp_path)
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--root", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "fetch" in r.output  # local source never recorded
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(empty), "--root", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "matches no image" in r.output
+    with pytest.raises(ReproError, match=r"repro data prepare toy --root"):
+        require_store("toy", "test", tmp_path / "r")
+    assert resolve_dataset("toy", "test", tmp_path / "r") == tmp_path / "r" / "prepared" / "toy" / "test"
+    assert resolve_dataset(str(m), "test", tmp_path / "r") == tmp_path / "r" / "prepared" / "toy" / "test"
+
+
+def test_fetch_local_records_source(tmp_path):
+    src, m = _setup(tmp_path)
+    root = tmp_path / "r"
+    r = CliRunner().invoke(cli, ["data", "fetch", str(m), "--from", str(src), "--root", str(root)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--root", str(root)])
+    assert r.exit_code == 0, r.output
+    assert len(require_store(str(m), "test", root)) == 10
+
+
+def test_videos_one_per_video_and_every_k(tmp_path):
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    for i in range(3):
+        make_video(vids / f"v{i}.avi", n_frames=9)
+    make_images(vids / "stills", 2)
+    m = write_manifest(tmp_path / "yt.toml", "yt", kind="local", role="unlabeled",
+                       sources=[{"split": "train", "label": -1, "glob": "**/*"}])
+    root = tmp_path / "r"
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(vids), "--root", str(root)])
+    assert r.exit_code == 0, r.output
+    st = open_store(root / "prepared" / "yt" / "train")
+    assert len(st) == 5 and (st.labels == -1).all()
+    vid = [i for i, r in enumerate(st.records) if r["source"].endswith(".avi")]
+    assert len(vid) == 3
+    assert all(abs(float(st.image(i).mean()) - 100) < 8 for i in vid)  # the middle frame (4 of 0..8)
+    m.write_text(m.read_text().replace("seed = 0", "seed = 0\nvideo_every = 4"))
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(vids), "--root", str(root)])
+    assert r.exit_code == 0, r.output
+    st = open_store(root / "prepared" / "yt" / "train")
+    assert len(st) == 3 * 3 + 2  # frames 0, 4, 8 of each video
+
+
+def test_corrupt_video(tmp_path):
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    make_video(vids / "good.avi")
+    (vids / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+    m = write_manifest(tmp_path / "yt.toml", "yt", kind="local", role="unlabeled",
+                       sources=[{"split": "train", "label": -1, "glob": "*"}])
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(vids), "--root", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "bad.mp4" in r.output and "corrupt video" in r.output
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(vids), "--root", str(tmp_path / "r"),
+                                 "--skip-bad"])
+    assert r.exit_code == 0 and "skipped 1" in r.output
