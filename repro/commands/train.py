@@ -21,7 +21,7 @@ def open_training_data(session, name: str, root: str, console: Console):  # noqa
 
 
 @click.command("train")
-@click.option("--config", "config_name", default="mini", show_default=True, help="Built-in config or .toml path.")
+@click.option("--config", "config_name", default=None, help="Built-in config or .toml path.  [default: mini]")
 @click.option("--data", default=None, help="Dataset (manifest name or store folder); default: the config's.")
 @click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder.")
 @click.option("--out", "out", default=None, help="Run folder (default results/<timestamp>).")

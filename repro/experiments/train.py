@@ -171,8 +171,12 @@ class _Null:
         return None
 
 
-def resolve_config(session: Session, config: str, resume: bool, overrides: dict[str, Any]) -> NetworkConfig:
-    """The config to train: on --resume the run's own (config.json), else the named one plus overrides."""
+def resolve_config(session: Session, config: str | None, resume: bool, overrides: dict[str, Any]) -> NetworkConfig:
+    """The config to train: on --resume the run's own (config.json), else the named one plus overrides.
+
+    ``config`` is None when the user did not name one; naming one on --resume checks that the
+    run's checkpoint fits it.
+    """
     from repro.model.config import from_dict, load_config, validate
 
     saved = session.run / "config.json"
@@ -181,7 +185,11 @@ def resolve_config(session: Session, config: str, resume: bool, overrides: dict[
             cfg = from_dict(ckpt._config_table(json.loads(saved.read_text())), str(saved))
         except ValueError as exc:
             raise ReproError(f"{saved}: unreadable ({exc})") from None
+        ck_dir = session.run / "checkpoints"
+        if config is not None and (ck_dir / "latest.json").exists():
+            ckpt.check_compatible(ck_dir, load_config(config))
     else:
+        config = config or "mini"
         cfg = load_config(config)
     kw = {k: v for k, v in overrides.items() if v is not None}
     if kw:
