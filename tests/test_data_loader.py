@@ -80,3 +80,25 @@ def test_loader_streams_ahead(store):
     for _ in ld.steps(20):
         pass
     assert ld.images_per_s > 1000
+
+
+def test_bench_command_and_manifest_env(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from repro.cli import cli
+    from test_data_helpers import make_images, write_manifest
+
+    make_images(tmp_path / "src" / "a", 8)
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    write_manifest(mdir / "toy.toml", "toy", kind="local", role="unlabeled",
+                   sources=[{"split": "train", "label": -1, "glob": "a/*.png"}])
+    monkeypatch.setenv("REPRO_MANIFESTS", str(mdir))
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "root"))
+    r = CliRunner().invoke(cli, ["data", "bench", "toy", "--batch", "4", "--steps", "3"])
+    assert r.exit_code == 1 and "repro data prepare toy" in r.output
+    r = CliRunner().invoke(cli, ["data", "prepare", "toy", "--from", str(tmp_path / "src")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "root" / "prepared" / "toy" / "train" / "index.json").is_file()
+    r = CliRunner().invoke(cli, ["data", "bench", "toy", "--batch", "4", "--steps", "3"])
+    assert r.exit_code == 0 and "images/s" in r.output, r.output

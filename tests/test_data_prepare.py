@@ -68,16 +68,18 @@ def test_corrupt_image_and_skip_bad(tmp_path):
     src, m = _setup(tmp_path)
     (src / "pos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     (src / "pos" / "empty.jpg").write_bytes(b"")
+    good = (src / "neg" / "n000.jpg").read_bytes()
+    (src / "neg" / "cut.jpg").write_bytes(good[: len(good) * 2 // 3])  # truncated JPEG
     root = tmp_path / "r"
     r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--root", str(root)])
     assert r.exit_code == 1 and "Traceback" not in r.output
-    assert ("broken.png" in r.output or "empty.jpg" in r.output) and "--skip-bad" in r.output
+    assert "corrupt or unsupported image" in r.output and "--skip-bad" in r.output
     assert not (root / "prepared" / "toy" / "test").exists()  # no half-written store
     r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--root", str(root), "--skip-bad"])
     assert r.exit_code == 0, r.output
-    assert "skipped 2" in r.output
+    assert "skipped 3" in r.output
     st = open_store(root / "prepared" / "toy" / "test")
-    assert len(st) == 10 and st.index["info"]["skipped"] == 2
+    assert len(st) == 10 and st.index["info"]["skipped"] == 3
 
 
 def test_resume_reuses_finished_shards(tmp_path, monkeypatch):
