@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from repro.cli import cli
+from test_data_helpers import cli
 from repro.data.fetch import download, extract
 from repro.errors import ReproError
 from test_data_helpers import Server, make_images, write_manifest

@@ -126,3 +126,18 @@ def write_manifest(path: Path, name: str, files: list[dict] | None = None, sourc
             lines.append(f"{k} = " + (str(v) if isinstance(v, int) else f'"{v}"'))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def data_cli():
+    """A bare group holding only ``repro data``, so these tests do not depend on other commands' imports
+    (``test_data_manifest.test_registered_in_repro_cli`` checks the real registration)."""
+    import click
+
+    from repro.data.cli import data
+
+    g = click.Group("repro")
+    g.add_command(data)
+    return g
+
+
+cli = data_cli()

@@ -11,7 +11,7 @@ try:
 except ImportError:  # pragma: no cover
     import tomli as tomllib
 
-from repro.cli import cli
+from test_data_helpers import cli
 from repro.data import manifest
 from repro.data.builtin import MINI_MANIFEST
 from repro.errors import ReproError
@@ -77,3 +77,9 @@ def test_list_command(tmp_path):
     assert r.exit_code == 0, r.output
     for n in REQUIRED:
         assert n in r.output
+
+
+def test_registered_in_repro_cli():
+    from repro.cli import cli as repro_cli
+
+    assert "data" in repro_cli.commands

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from repro.cli import cli
+from test_data_helpers import cli
 from repro.data import manifest, open_store, require_store, resolve_dataset
 from repro.data.prepare import prepare
 from repro.errors import ReproError
