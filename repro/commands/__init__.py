@@ -5,6 +5,7 @@ import click
 
 
 def register(cli: click.Group) -> None:
+    from repro.commands.evaluate import evaluate
     from repro.commands.export import export
     from repro.commands.info import info
     from repro.commands.train import train
@@ -13,4 +14,5 @@ def register(cli: click.Group) -> None:
     cli.add_command(info)
     cli.add_command(export)
     cli.add_command(train)
+    cli.add_command(evaluate)
     cli.add_command(data)
