@@ -188,3 +188,14 @@ def test_truncated_tar(tmp_path, suffix, mode):
         extract(cut, target)
     assert str(cut) in ei.value.message
     assert list(target.iterdir()) == []
+
+
+def test_two_archives_sharing_a_folder_merge(tmp_path):
+    for i in range(2):
+        with tarfile.open(tmp_path / f"a{i}.tar", "w") as t:
+            ti = tarfile.TarInfo(f"shared/f{i}.txt")
+            ti.size = 1
+            t.addfile(ti, io.BytesIO(b"x"))
+        extract(tmp_path / f"a{i}.tar", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "shared").iterdir()) == ["f0.txt", "f1.txt"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["shared"]

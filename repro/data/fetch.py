@@ -195,17 +195,24 @@ def extract(archive: Path, target: Path) -> list[Path]:
     except _ARCHIVE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ReproError(f"{archive}: truncated or corrupt archive ({e.__class__.__name__}: {e})") from None
-    created = []
-    for entry in sorted(tmp.iterdir()):
-        dest = target / entry.name
+    created = [target / e.name for e in sorted(tmp.iterdir())]
+    _merge(tmp, target)
+    return created
+
+
+def _merge(src: Path, dst: Path) -> None:
+    """Move ``src``'s tree into ``dst``: folders merge (two archives may share a top folder), files replace."""
+    for entry in sorted(src.iterdir()):
+        dest = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink() and dest.is_dir() and not dest.is_symlink():
+            _merge(entry, dest)
+            continue
         if dest.is_symlink() or dest.is_file():
             dest.unlink()
         elif dest.is_dir():
             shutil.rmtree(dest)
         os.replace(entry, dest)
-        created.append(dest)
-    tmp.rmdir()
-    return created
+    src.rmdir()
 
 
 def _write_member(src, dest: Path, size: int, archive: Path, name: str) -> None:
