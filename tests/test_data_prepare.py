@@ -171,3 +171,25 @@ def test_corrupt_video(tmp_path):
     r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(vids), "--root", str(tmp_path / "r"),
                                  "--skip-bad"])
     assert r.exit_code == 0 and "skipped 1" in r.output
+
+
+def test_cat_head_crop_from_landmarks(tmp_path):
+    import cv2
+
+    src = tmp_path / "CAT_00"
+    src.mkdir()
+    img = np.zeros((100, 120), np.uint8)
+    img[40:60, 50:70] = 255  # the "head": a white square inside the landmarks' box
+    cv2.imwrite(str(src / "00000001_000.jpg"), img)
+    pts = [50, 40, 70, 40, 60, 60, 50, 45, 52, 41, 55, 42, 65, 42, 68, 41, 70, 45]
+    (src / "00000001_000.jpg.cat").write_text("9 " + " ".join(map(str, pts)) + " ")
+    cv2.imwrite(str(src / "00000002_000.jpg"), img)  # no landmark file
+    m = write_manifest(tmp_path / "cats.toml", "cats", kind="local", extra_prepare='crop = "cat-head"',
+                       sources=[{"split": "test", "label": 1, "glob": "CAT_0*/*.jpg"}])
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(tmp_path), "--root", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "00000002_000.jpg.cat" in r.output
+    r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(tmp_path), "--root", str(tmp_path / "r"),
+                                 "--skip-bad"])
+    assert r.exit_code == 0, r.output
+    st = open_store(tmp_path / "r" / "prepared" / "cats" / "test")
+    assert len(st) == 1 and st.image(0)[8, 8] > 200 and st.image(0).mean() > 100  # mostly the head
