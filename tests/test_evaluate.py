@@ -1,0 +1,188 @@
+"""``repro evaluate``: the 20-threshold protocol against a slow loop, the baselines' pieces, the
+whole command on a tiny run (1 rank and 2 ranks give the same numbers), and one-line bad-input errors."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from repro.experiments import evaluate as ev
+from repro.model.network import standardize
+
+from conftest import run_mpi
+
+
+# ---------------------------------------------------------------- pure functions vs slow loops
+def slow_best(F: np.ndarray, y: np.ndarray, n: int = 20) -> tuple[int, float, float]:
+    """The paper's protocol written as plainly as possible."""
+    best = (-1, -1.0, 0.0)
+    for j in range(F.shape[1]):
+        a = F[:, j]
+        for t in np.linspace(float(a.min()), float(a.max()), n):
+            acc = float(np.mean((a >= t) == y))
+            if acc > best[1]:
+                best = (j, acc, float(t))
+    return best
+
+
+def test_threshold_protocol_matches_loop() -> None:
+    rng = np.random.default_rng(3)
+    N, J = 61, 17
+    y = rng.random(N) < 0.35
+    F = rng.standard_normal((N, J)).astype(np.float32)
+    F[:, 4] += 2.5 * y  # a good neuron
+    F[:, 9] = 1.0  # a dead neuron (min == max)
+    F[:, 11] = np.round(F[:, 11])  # many ties
+    s = ev.threshold_scores(F, y, max_bytes=N * 20 * 3)  # several column chunks
+    for j in range(J):
+        jj, acc, t = slow_best(F[:, j:j + 1], y)
+        assert s.accuracy[j] == pytest.approx(acc)
+        assert s.threshold[j] == pytest.approx(t, rel=1e-6, abs=1e-6)
+    j, acc, t = slow_best(F, y)
+    b = ev.best_neuron(F, y)
+    assert (b["index"], b["accuracy"]) == (j, pytest.approx(acc))
+    assert b["index"] == 4 and b["threshold"] == pytest.approx(t)
+    assert s.accuracy[9] == pytest.approx(y.mean())  # dead neuron: "always yes"
+    assert b["min"] == pytest.approx(F[:, 4].min()) and b["max"] == pytest.approx(F[:, 4].max())
+
+
+def test_ties_pick_lowest_index_and_guessing() -> None:
+    y = np.array([1, 0, 0, 1, 0], bool)
+    F = np.tile(y[:, None].astype(np.float32), (1, 3))
+    assert ev.best_neuron(F, y)["index"] == 0
+    assert ev.best_neuron(F, y)["accuracy"] == 1.0
+    assert ev.guessing(y) == pytest.approx(0.6)
+
+
+def test_held_out_halves_and_subsample() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(101) < 0.3
+    A, B = ev.stratified_halves(y, seed=5)
+    assert len(np.intersect1d(A, B)) == 0 and len(A) + len(B) == len(y)
+    assert abs(int(y[A].sum()) - int(y[B].sum())) <= 1
+    F = rng.standard_normal((101, 6)).astype(np.float32) + 1.5 * y[:, None] * (np.arange(6) == 2)
+    h = ev.held_out(F, y, seed=5)
+    b = ev.best_neuron(F[A], y[A])
+    assert h["a_to_b"]["index"] == b["index"]
+    assert h["a_to_b"]["accuracy"] == pytest.approx(np.mean((F[B, b["index"]] >= b["threshold"]) == y[B]))
+    assert h["accuracy"] == pytest.approx((h["a_to_b"]["accuracy"] + h["b_to_a"]["accuracy"]) / 2)
+    sub = ev.balanced_subsample(y, seed=1)
+    assert int(y[sub].sum()) == int((~y[sub]).sum()) == int(y.sum())
+
+
+def test_filter_responses_match_loop() -> None:
+    rng = np.random.default_rng(1)
+    x = standardize(rng.random((4, 2, 9, 8)).astype(np.float32))
+    P = rng.standard_normal((5, 2, 3, 3)).astype(np.float32)
+    pos = np.array([[0, 0], [6, 5], [2, 3], [4, 1], [6, 0]])
+    got = ev.filter_responses(x, P, pos)
+    for k, (r, c) in enumerate(pos):
+        want = (x[:, :, r:r + 3, c:c + 3] * P[k]).sum(axis=(1, 2, 3))
+        np.testing.assert_allclose(got[:, k], want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the command, end to end
+def _obj():
+    import types
+
+    return types.SimpleNamespace(device="cpu")
+
+
+def _invoke(args: list[str]):
+    from repro.cli import cli
+
+    return CliRunner().invoke(cli, ["--device", "cpu", *args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 3-steps-per-stage mini run and its data root (built once for this module)."""
+    d = tmp_path_factory.mktemp("ev")
+    root, run = d / "data", d / "run"
+    r = _invoke(["train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16"])
+    assert r.exit_code == 0, r.output
+    return run, root
+
+
+def _eval_args(run: Path, root: Path, *more: str) -> list[str]:
+    return ["evaluate", "--concept", "faces", "--checkpoint", str(run), "--root", str(root),
+            "--linear-filters", "300", "--one-layer-steps", "3", *more]
+
+
+KEYS = ["best_neuron.accuracy", "best_neuron.layer", "best_neuron.index", "baselines.guessing",
+        "baselines.random_network", "baselines.linear_filter", "baselines.one_layer", "held_out.accuracy",
+        "n_positive", "n_negative"]
+
+
+def _get(d: dict, key: str):
+    for k in key.split("."):
+        d = d[k]
+    return d
+
+
+def test_evaluate_end_to_end_one_and_two_ranks(tiny_run, tmp_path) -> None:
+    run, root = tiny_run
+    r = _invoke(_eval_args(run, root))
+    assert r.exit_code == 0, r.output
+    res = json.loads((run / "evaluate-faces.json").read_text())
+    for k in KEYS:
+        _get(res, k)
+    assert (res["n_positive"], res["n_negative"]) == (100, 200)
+    assert res["baselines"]["guessing"] == pytest.approx(200 / 300)
+    assert res["best_neuron"]["layer"] == 2 and res["best_neuron"]["sublayer"] == "pool"
+    assert res["paper"]["le2012"]["best_neuron"] == 81.7
+    assert (run / "evaluate-faces.md").read_text().count("|") > 20
+    assert (run / "histogram-faces.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "one-layer" / "train.json").exists()
+    # the best neuron's numbers follow from its features by the protocol
+    from repro.model.network import load_checkpoint
+
+    net, _ = load_checkpoint(run)
+    ts = ev.TestSet.of(["mini"], [__import__("repro.data.prepare", fromlist=["x"]).require_store("mini", "test", root)])
+    F = ev.features(net, ts, 2)
+    j, acc, _ = slow_best(F, ts.y)
+    assert (res["best_neuron"]["index"], res["best_neuron"]["accuracy"]) == (j, pytest.approx(acc))
+
+    # 2 ranks, reports elsewhere: the same numbers; the one-layer network is reused, not retrained
+    out2 = tmp_path / "two"
+    run_mpi(2, ["-m", "repro.cli", "--device", "cpu", *_eval_args(run, root, "--out", str(out2))], timeout=120)
+    res2 = json.loads((out2 / "evaluate-faces.json").read_text())
+    assert res2["ranks"] == 2 and res2["baselines"]["one_layer"]["reused"] is True
+    for k in ("best_neuron", "held_out"):
+        assert res2[k]["accuracy"] == res[k]["accuracy"]
+    assert res2["best_neuron"]["index"] == res["best_neuron"]["index"]
+    assert res2["best_neuron"]["threshold"] == pytest.approx(res["best_neuron"]["threshold"], rel=1e-5)
+    for k in ("random_network", "linear_filter", "one_layer"):
+        assert res2["baselines"][k]["accuracy"] == res["baselines"][k]["accuracy"], k
+        assert res2["baselines"][k]["index"] == res["baselines"][k]["index"], k
+
+
+def _one_line_error(r, *words: str) -> None:
+    assert r.exit_code != 0
+    text = r.output.strip()
+    assert text.startswith("Error:") and "\n" not in text and "Traceback" not in text, text
+    for w in words:
+        assert w in text, text
+
+
+def test_bad_inputs(tiny_run, tmp_path) -> None:
+    from repro.data.store import write_store
+
+    run, root = tiny_run
+    _one_line_error(_invoke(_eval_args(run, root, "--config", "le2012")), "does not match")
+    _one_line_error(_invoke(["evaluate", "--concept", "cats", "--checkpoint", str(run), "--root", str(root)]),
+                    "repro data prepare cat-heads")
+    _one_line_error(_invoke(_eval_args(tmp_path / "nothing", root)), "no such checkpoint")
+    imgs = np.zeros((4, 32, 32), np.uint8)
+    write_store(tmp_path / "one", imgs, [{"label": 1, "source": f"x{i}"} for i in range(4)], "one", "test", {})
+    _one_line_error(_invoke(_eval_args(run, root, "--data", str(tmp_path / "one"))), "no negatives")
+    write_store(tmp_path / "unl", imgs, [{"label": -1, "source": f"x{i}"} for i in range(4)], "unl", "test", {})
+    _one_line_error(_invoke(_eval_args(run, root, "--data", str(tmp_path / "unl"))), "no labeled images")
+    write_store(tmp_path / "big", np.zeros((4, 40, 40), np.uint8),
+                [{"label": i % 2, "source": f"x{i}"} for i in range(4)], "big", "test", {})
+    _one_line_error(_invoke(_eval_args(run, root, "--data", str(tmp_path / "big"))), "40x40")
+    _one_line_error(_invoke(_eval_args(run, root, "--layer", "7")), "--layer 7")
