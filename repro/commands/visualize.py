@@ -1,0 +1,164 @@
+"""``repro visualize best-neuron`` and ``repro visualize invariance``: pictures of the best neuron."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.console import Console
+
+from repro.errors import ReproError
+
+
+def open_run(device: str, checkpoint: str, config_name: str | None) -> tuple[Any, Any]:
+    """Session on the checkpoint's run folder and the network of its (latest) checkpoint.
+
+    With ``--config`` the checkpoint must have been written by that config (else one line).
+    """
+    from repro.commands.evaluate import run_folder
+    from repro.experiments.run import open_session
+    from repro.model import checkpoint as ck
+    from repro.model.config import load_config
+    from repro.model.network import load_checkpoint
+
+    path = ck.resolve(checkpoint)
+    cfg = load_config(config_name) if config_name else ck.config_of(path)
+    ck.check_compatible(path, cfg)
+    session = open_session(device, str(run_folder(path)), create=False)
+    net, _ = load_checkpoint(path, cfg, session.xp, session.w)
+    return session, net
+
+
+def open_test_set(session: Any, cfg: Any, concept: str, data: tuple[str, ...], root: str) -> Any:
+    """The labeled test set of ``concept`` (an evaluate ``TestSet``), checked against the network.
+
+    By default the stores ``repro evaluate`` used (``test_set.stores`` of
+    ``RUN/evaluate-<concept>.json``), else the concept's sets as ``repro evaluate`` picks them
+    (``mini`` for a run trained on ``mini``). A store that is not prepared fails with one line naming
+    the ``repro data prepare`` command; empty, one-class and wrong-size test sets fail with one line.
+    """
+    from repro.commands.evaluate import open_test_set as open_ts, test_set_names
+
+    names = list(_evaluated_test_set(session.run, concept) or []) if not data else []
+    if not names:
+        names = test_set_names(concept, cfg.data, data)
+    ts = open_ts(session, names, root)
+    ts.check(cfg)
+    return ts
+
+
+def _evaluated_test_set(run: Path, concept: str) -> list[str] | None:
+    """The store folders the evaluation used, if it recorded them and they still exist."""
+    path = Path(run) / f"evaluate-{concept}.json"
+    try:
+        stores = json.loads(path.read_text())["test_set"]["stores"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(stores, list) and stores and all((Path(p) / "index.json").exists() for p in stores):
+        return [str(p) for p in stores]
+    return None
+
+
+def neuron_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--checkpoint", "run", required=True,
+                     help="Run folder (its latest checkpoint; results go there) or one checkpoint folder."),
+        click.option("--config", "config_name", default=None,
+                     help="Config the checkpoint must match (built-in name or .toml); default: its own."),
+        click.option("--concept", type=click.Choice(["bodies", "cats", "faces"]), default="faces", show_default=True,
+                     help="Whose best neuron: read from RUN/evaluate-<concept>.json."),
+        click.option("--layer", type=click.IntRange(0), default=None, help="Override: stage index of the neuron."),
+        click.option("--sublayer", type=click.Choice(["filter", "pool", "lcn"]), default=None, help="Override: sublayer."),
+        click.option("--index", type=click.IntRange(0), default=None, help="Override: flat index into (map, row, col)."),
+        click.option("--data", multiple=True, help="Test store(s) instead of the evaluation's (name or folder; repeatable)."),
+        click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of random starts / choices / the reference network."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _setup(obj: Any, run: str, config_name: Any, concept: str, layer: Any, sublayer: Any, index: Any, data: Any,
+           root: str) -> tuple[Any, Any, Any, Any, Console]:
+    from repro.experiments.visualize import resolve_neuron
+
+    console = Console(stderr=True)
+    session, net = open_run(obj.device, run, config_name)
+    neuron, _ = resolve_neuron(net.cfg, session.run, concept, layer, sublayer, index)
+    store = open_test_set(session, net.cfg, concept, data, root)
+    return session, net, neuron, store, console
+
+
+@click.group("visualize")
+def visualize() -> None:
+    """Pictures of the best neuron: top test images, optimal stimulus, invariance curves."""
+
+
+@visualize.command("best-neuron")
+@neuron_options
+@click.option("--iters", type=click.IntRange(1), default=200, show_default=True, help="Most ascent steps per start.")
+@click.option("--top", "k", type=click.IntRange(1), default=48, show_default=True, help="How many test images to show.")
+@click.pass_obj
+def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, root, seed, iters, k) -> None:  # noqa: ANN001
+    """The 48 test images that excite the neuron most, and its optimal stimulus (||x||_2 = 1)."""
+    from repro.experiments.visualize import best_neuron as run_best
+
+    session, net, neuron, store, _ = _setup(obj, run, config_name, concept, layer, sublayer, index, data, root)
+    s = run_best(session, net, store, neuron, iters=iters, seed=seed, k=k)
+    if session.w.is_root:
+        st, b = s["stimulus"], s["best_test_image"]
+        Console().print(
+            f"[bold]visualize best-neuron[/bold] {neuron.label()}: top {s['top']['k']} test images hold "
+            f"{s['top']['positives']} positives; optimal stimulus f = {st['activation']:.4g} after "
+            f"{st['iterations']} steps from {st['start']} ({st['stopped']}), best test image at unit norm "
+            f"f = {b['activation_unit_norm']:.4g}\nwrote {session.run}/best-neuron-top48.png, "
+            f"best-neuron-stimulus.png/.npy, visualize-best-neuron.json")
+
+
+@visualize.command("invariance")
+@neuron_options
+@click.option("--faces", type=click.IntRange(1), default=10, show_default=True, help="Test faces to transform.")
+@click.option("--rotating", default="rotating-faces", show_default=True,
+              help="Rotating-face set for out-of-plane rotation (used when prepared; see data_manifests/rotating-faces.toml).")
+@click.pass_obj
+def invariance(obj, run, config_name, concept, layer, sublayer, index, data, root, seed, faces, rotating) -> None:  # noqa: ANN001
+    """Mean response to test faces under scaling, translation and rotation, vs a random network."""
+    from repro.experiments.invariance import ANGLE_RE, invariance as run_inv
+
+    session, net, neuron, store, console = _setup(obj, run, config_name, concept, layer, sublayer, index, data, root)
+    rot, pattern = _rotating_set(rotating, root)
+    if rot is None and session.w.is_root:
+        console.print(f"out-of-plane rotation skipped: no prepared rotating-face set {rotating!r} "
+                      f"(`repro data prepare {rotating} --from FOLDER`)")
+    r = run_inv(session, net, store, neuron, seed=seed, faces=faces, rotating=rot, angle_pattern=pattern or ANGLE_RE)
+    if session.w.is_root:
+        c = r["curves"]
+        def spread(kind: str) -> str:
+            t, q = np.asarray(c[kind]["trained"]["relative"]), np.asarray(c[kind]["random"]["relative"])
+            return f"{kind} {t.min():.2f}..{t.max():.2f} (random {q.min():.2f}..{q.max():.2f})"
+        Console().print(f"[bold]visualize invariance[/bold] {neuron.label()} on {len(r['faces'])} faces, "
+                        f"relative response ranges: " + "; ".join(spread(k) for k in c)
+                        + f"\nwrote {session.run}/invariance.json and " + ", ".join(r["files"]))
+
+
+def _rotating_set(name: str, root: str) -> tuple[Any, str | None]:
+    """The prepared rotating-face store and its angle pattern, or (None, None) when absent."""
+    from repro.data.prepare import resolve_dataset
+    from repro.data.store import is_complete, open_store
+
+    if not name:
+        return None, None
+    pattern = None
+    try:
+        from repro.data.manifest import load
+
+        pattern = load(name).prepare.extra.get("angle_pattern")
+    except ReproError:
+        pass
+    for split in ("test", "train"):
+        p = resolve_dataset(name, split, root)
+        if is_complete(p):
+            return open_store(p), pattern
+    return None, None

@@ -1,0 +1,323 @@
+"""What the best neuron responds to (Le et al. 2012, Figure 3).
+
+    repro visualize best-neuron --checkpoint RUN                 # neuron from RUN/evaluate-faces.json
+    mpiexec -n 4 repro visualize best-neuron --checkpoint RUN --layer 2 --sublayer pool --index 17
+
+Two pictures of one neuron:
+
+* the 48 test images that excite it most (a PNG grid, strongest first, row by row);
+* its *optimal stimulus* ``x* = argmax_x f(x)  subject to ||x||_2 = 1`` where ``x`` is the
+  network's standardised input (the network standardises raw images itself, so the optimisation
+  variable is what comes after that step). Projected gradient ascent with a backtracking line
+  search: ``x <- normalise(x + t g/||g||)``; a step is accepted when ``f`` increases (then ``t``
+  doubles), otherwise ``t`` halves. Two starts, a seeded random unit vector and the best test
+  image scaled to unit norm; the better end point wins. The best test image at unit norm is also
+  the yardstick the JSON reports: a working ascent ends at or above it.
+
+Every number goes through :func:`compute_features` / :func:`unit_gradient`, whose results do not
+depend on the rank count, so 1 and N ranks give the same neuron, images and stimulus.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from repro.engine.backend import to_numpy
+from repro.errors import ReproError
+from repro.model.network import Network, compute_features, standardize, unit_gradient
+
+SUBLAYERS = ("filter", "pool", "lcn")
+
+
+# ------------------------------------------------------------------ which neuron
+@dataclass(frozen=True)
+class Neuron:
+    """One neuron: stage index, sublayer, flat index into its (maps, H, W) grid, and that (map, row, col)."""
+
+    layer: int
+    sublayer: str
+    index: int
+    unit: tuple[int, int, int]
+
+    def label(self) -> str:
+        m, r, c = self.unit
+        return f"stage {self.layer} {self.sublayer} neuron {self.index} (map {m}, row {r}, col {c})"
+
+
+def grid_shape(cfg: Any, layer: int, sublayer: str) -> tuple[int, int, int]:
+    """(maps, H, W) of one sublayer: the grid a flat neuron index points into."""
+    h, w = cfg.stage_shapes()[layer][sublayer]
+    return cfg.stages[layer].maps, h, w
+
+
+def make_neuron(cfg: Any, layer: int, sublayer: str, index: int, where: str = "options") -> Neuron:
+    """Check a neuron against the network's shapes (a neuron from another config fails here, one line)."""
+    if not 0 <= layer < len(cfg.stages):
+        raise ReproError(f"{where}: layer {layer} does not exist (config {cfg.name!r} has stages 0..{len(cfg.stages) - 1})")
+    if sublayer not in SUBLAYERS:
+        raise ReproError(f"{where}: sublayer {sublayer!r} is not one of {', '.join(SUBLAYERS)}")
+    shape = grid_shape(cfg, layer, sublayer)
+    n = int(np.prod(shape))
+    if not 0 <= index < n:
+        raise ReproError(f"{where}: neuron index {index} is outside stage {layer} {sublayer} of config "
+                         f"{cfg.name!r} (0..{n - 1}); was it found on another config's checkpoint?")
+    unit = tuple(int(v) for v in np.unravel_index(index, shape))
+    return Neuron(layer, sublayer, int(index), unit)  # type: ignore[arg-type]
+
+
+def evaluation_path(run: Path, concept: str) -> Path:
+    return Path(run) / f"evaluate-{concept}.json"
+
+
+def read_evaluation(run: Path, concept: str) -> dict[str, Any]:
+    """``RUN/evaluate-<concept>.json`` (written by ``repro evaluate``), or a one-line error saying how to make it."""
+    path = evaluation_path(run, concept)
+    if not path.exists():
+        raise ReproError(f"{path}: no evaluation of concept {concept!r}; run "
+                         f"`repro evaluate --concept {concept} --checkpoint {run}` first")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReproError(f"{path}: unreadable ({exc})") from None
+
+
+def resolve_neuron(cfg: Any, run: Path, concept: str, layer: int | None = None, sublayer: str | None = None,
+                   index: int | None = None) -> tuple[Neuron, dict[str, Any] | None]:
+    """The neuron to show: the evaluation's best one, or the one given by ``--layer/--sublayer/--index``.
+
+    Any of the three options overrides the evaluation's field; with all three given no evaluation
+    is needed. Returns the neuron and the evaluation (None if not read).
+    """
+    ev = None
+    if layer is None or sublayer is None or index is None:
+        ev = read_evaluation(run, concept)
+        path = evaluation_path(run, concept)
+        best = ev.get("best_neuron")
+        if not isinstance(best, dict) or not all(k in best for k in ("layer", "sublayer", "index")):
+            raise ReproError(f"{path}: has no best_neuron.layer/sublayer/index")
+        made = ev.get("config")
+        if isinstance(made, dict) and (made.get("name"), made.get("stages"), list(made.get("input_size", []))) != (
+                cfg.name, json.loads(json.dumps(cfg.to_dict()["stages"])), list(cfg.input_size)):
+            raise ReproError(f"{path}: was made with config {made.get('name')!r}, the checkpoint is config "
+                             f"{cfg.name!r}; run `repro evaluate --concept {concept} --checkpoint {run}` again")
+        layer = int(best["layer"]) if layer is None else layer
+        sublayer = str(best["sublayer"]) if sublayer is None else sublayer
+        index = int(best["index"]) if index is None else index
+        where = str(path)
+    else:
+        where = "--layer/--sublayer/--index"
+    return make_neuron(cfg, layer, sublayer, index, where), ev
+
+
+# ------------------------------------------------------------------ activations
+def neuron_responses(net: Network, images: np.ndarray, neuron: Neuron, batch: int = 256) -> np.ndarray:
+    """The neuron's activation for each image (float32 (B, C, H, W) in [0, 1]); same on every rank."""
+    feats = compute_features(net, images, neuron.layer, neuron.sublayer, batch=batch)
+    return np.asarray(feats[:, neuron.index], dtype=np.float64)
+
+
+def top_k(acts: np.ndarray, k: int = 48) -> np.ndarray:
+    """Indices of the k largest activations, largest first; ties broken by the lower index (stable)."""
+    order = np.lexsort((np.arange(len(acts)), -acts))
+    return order[:min(k, len(acts))]
+
+
+# ------------------------------------------------------------------ optimal stimulus
+def unit_norm(x: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(x))
+    if n == 0.0:
+        raise ValueError("cannot scale a zero array to unit norm")
+    return (x / n).astype(np.float32)
+
+
+def activation(net: Network, x: np.ndarray, neuron: Neuron) -> tuple[float, np.ndarray]:
+    """f(x) and df/dx for one standardised input (1, C, H, W) (NumPy out, whatever the backend)."""
+    v, g = unit_gradient(net, x, neuron.layer, neuron.sublayer, neuron.unit)
+    return float(v), np.asarray(to_numpy(g), dtype=np.float32)
+
+
+def ascend(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200, tol: float = 1e-6,
+           t0: float = 0.5, max_halvings: int = 30) -> dict[str, Any]:
+    """Projected gradient ascent on the unit sphere from ``x0`` with backtracking line search.
+
+    Steps are along ``g/||g||`` so that ``t`` is a distance on the sphere's scale (``||x|| = 1``);
+    ``t`` doubles after an accepted step (up to 2) and halves after a rejected one. Stops after
+    ``iters`` accepted steps, when the relative improvement falls below ``tol``, or when no step
+    size improves ``f`` (a local maximum to float32 precision).
+    """
+    x = unit_norm(x0)
+    f, g = activation(net, x, neuron)
+    f_start, t, it, evals, why = f, t0, 0, 1, "iterations"
+    while it < iters:
+        gn = float(np.linalg.norm(g))
+        if gn == 0.0 or not np.isfinite(gn):
+            why = "zero gradient"
+            break
+        d = g / gn
+        for _ in range(max_halvings):
+            xn = unit_norm(x + t * d)
+            fn, gn_ = activation(net, xn, neuron)
+            evals += 1
+            if fn > f:
+                break
+            t *= 0.5
+        else:
+            why = "no ascent step"
+            break
+        it += 1
+        gain = (fn - f) / max(abs(f), 1e-12)
+        x, f, g = xn, fn, gn_
+        t = min(2.0 * t, 2.0)
+        if gain < tol:
+            why = "converged"
+            break
+    return {"x": x, "activation": f, "start_activation": f_start, "iterations": it, "evaluations": evals,
+            "stopped": why}
+
+
+def optimal_stimulus(net: Network, neuron: Neuron, best_image: np.ndarray | None, seed: int = 0,
+                     iters: int = 200, tol: float = 1e-6) -> dict[str, Any]:
+    """The better of two ascents: from a seeded random unit vector and from the best test image.
+
+    ``best_image`` is a raw (C, H, W) image in [0, 1]; it is standardised the way the network
+    standardises its inputs, then scaled to unit norm.
+    """
+    C, (H, W) = net.cfg.channels, net.cfg.input_size
+    rng = np.random.default_rng([seed, 2012])
+    starts = {"random": rng.standard_normal((1, C, H, W)).astype(np.float32)}
+    if best_image is not None:
+        starts["best_image"] = np.asarray(standardize(np.asarray(best_image, np.float32)[None]))
+    runs = {name: ascend(net, x0, neuron, iters, tol) for name, x0 in starts.items()}
+    win = max(runs, key=lambda k: (runs[k]["activation"], k == "random"))
+    out = dict(runs[win])
+    out["start"] = win
+    out["runs"] = {k: {kk: v for kk, v in r.items() if kk != "x"} for k, r in runs.items()}
+    return out
+
+
+# ------------------------------------------------------------------ pictures
+def to_display(img: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W) or (H, W, 3), rescaled to [0, 1] (min -> 0, max -> 1)."""
+    a = np.asarray(img, np.float64)
+    a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure atomically (temp file beside it, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=fig.dpi)
+    os.replace(tmp, path)
+    return path
+
+
+def figure(figsize: tuple[float, float], dpi: int = 100) -> Any:
+    """A figure on the Agg canvas: no display, no pyplot global state (safe in any process)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def image_grid_png(images: np.ndarray, path: Path, title: str, labels: list[str] | None = None,
+                   cols: int = 8) -> Path:
+    """A grid of (N, C, H, W) images in [0, 1], row by row (the paper's Figure 3, left)."""
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig = figure((cols * 1.2, rows * 1.2 + 0.5))
+    fig.suptitle(title, fontsize=8)
+    for k in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.set_axis_off()
+        if k < n:
+            img = np.asarray(images[k], np.float64)
+            a = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+            ax.imshow(a, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if labels:
+                ax.set_title(labels[k], fontsize=5)
+    return save_figure(fig, path)
+
+
+def stimulus_png(x: np.ndarray, path: Path, title: str) -> Path:
+    fig = figure((3.2, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(to_display(x[0] if x.ndim == 4 else x), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=7)
+    return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------ the step
+def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int = 200, seed: int = 0,
+                k: int = 48, tol: float = 1e-6) -> dict[str, Any]:
+    """Top-k test images and optimal stimulus of one neuron; rank 0 writes the PNGs, .npy and JSON.
+
+    ``ts`` is a :class:`repro.experiments.evaluate.TestSet` (labels ``ts.y``, ``ts.images(idx)``
+    float32 (B, C, H, W) in [0, 1]); it is checked against the network first.
+    """
+    ts.check(net.cfg)
+    n = len(ts)
+    images = ts.images(np.arange(n))
+    acts = neuron_responses(net, images, neuron)
+    top = top_k(acts, k)
+    best_img = images[top[0]]
+    # Yardstick: the best test image, standardised as the network does, at unit norm.
+    best_unit = unit_norm(np.asarray(standardize(best_img[None].astype(np.float32))))
+    f_best_unit, _ = activation(net, best_unit, neuron)
+    stim = optimal_stimulus(net, neuron, best_img, seed=seed, iters=iters, tol=tol)
+    x = stim["x"]
+    run = session.run
+    labels = np.asarray(ts.y, dtype=np.int64)[top]
+    summary = {
+        "neuron": neuron_dict(neuron),
+        "test_set": test_set_name(ts), "test_images": n,
+        "top": {"k": len(top), "indices": top.tolist(), "activations": acts[top].tolist(),
+                "labels": labels.tolist(), "positives": int((labels == 1).sum())},
+        "stimulus": {"activation": stim["activation"], "norm": float(np.linalg.norm(x)),
+                     "start": stim["start"], "iterations": stim["iterations"], "evaluations": stim["evaluations"],
+                     "stopped": stim["stopped"], "runs": stim["runs"], "iters_max": iters, "tol": tol,
+                     "seed": seed},
+        "best_test_image": {"index": int(top[0]), "activation": float(acts[top[0]]),
+                            "activation_unit_norm": f_best_unit},
+        "stimulus_over_best_image": stim["activation"] / f_best_unit if f_best_unit else None,
+        "ranks": session.w.size, "device": session.backend.name,
+        "files": ["best-neuron-top48.png", "best-neuron-stimulus.png", "best-neuron-stimulus.npy"],
+    }
+    if session.w.is_root:
+        image_grid_png(images[top], run / "best-neuron-top48.png",
+                       f"{neuron.label()}: top {len(top)} of {n} test images ({summary['top']['positives']} positives)",
+                       labels=[f"{a:.3g}" for a in acts[top]])
+        stimulus_png(x, run / "best-neuron-stimulus.png",
+                     f"optimal stimulus, f = {stim['activation']:.4g}\n(best test image at |x|=1: {f_best_unit:.4g})")
+        tmp = run / f".best-neuron-stimulus.tmp{os.getpid()}.npy"
+        np.save(tmp, x[0], allow_pickle=False)
+        os.replace(tmp, run / "best-neuron-stimulus.npy")
+    session.write_json("visualize-best-neuron.json", summary)
+    return summary
+
+
+def test_set_name(ts: Any) -> str:
+    return " + ".join(str(s.path) for s in ts.stores)
+
+
+def check_images(cfg: Any, store: Any) -> None:
+    """The test images must have the network's input size and channels (else: another config's data)."""
+    shape = tuple(store.shape)
+    h, w = shape[:2]
+    c = shape[2] if len(shape) == 3 else 1
+    if (h, w) != tuple(cfg.input_size) or c != cfg.channels:
+        raise ReproError(f"{store.path}: images are {h}x{w}x{c}, the checkpoint's config {cfg.name!r} wants "
+                         f"{cfg.input_size[0]}x{cfg.input_size[1]}x{cfg.channels}")
+
+
+def neuron_dict(neuron: Neuron) -> dict[str, Any]:
+    return {"layer": neuron.layer, "sublayer": neuron.sublayer, "index": neuron.index, "unit": list(neuron.unit)}
