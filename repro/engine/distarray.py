@@ -20,7 +20,7 @@ from mpi4py import MPI
 
 from repro.engine.backend import get_array_module, to_numpy
 from repro.engine.comm import World, cuda_aware_mpi, world
-from repro.engine.partition import Box, Partition, box_empty, box_intersect, box_shape
+from repro.engine.partition import Box, Partition, box_empty, box_intersect, box_shape, input_window
 
 _TAG_FETCH = 11
 _TAG_ADJOINT = 12
@@ -143,45 +143,110 @@ class DistArray:
 
     def fetch(self, plan: HaloPlan) -> Any:
         """The window ``plan.window`` of the global array (zeros outside its bounds)."""
-        xp = get_array_module(self.data)
-        B, C = self.data.shape[:2]
-        win = plan.window
-        wh, ww = box_shape(win)
-        if self.full is not None:  # replicated: the window is a local slice
-            H, W = self.part.shape
-            if win[0] >= 0 and win[2] >= 0 and win[1] <= H and win[3] <= W:
-                return self.full[:, :, win[0]:win[1], win[2]:win[3]]
-        out = xp.zeros((B, C, wh, ww), dtype=self.data.dtype)
-        if wh == 0 or ww == 0:
-            if self.w.size > 1:
-                self._post_sends_only(plan, xp)
-            return out
-        ex = _Exchanger(xp, self.w)
-        incoming = [(p, ex.recv((B, C) + box_shape(p.box), self.data.dtype, p.peer, _TAG_FETCH))
-                    for p in plan.recvs if self.full is None]
-        for p in plan.sends:
-            if self.full is None:
-                ex.send(self.data[(slice(None), slice(None)) + _rel(p.box, self.tile)], p.peer, _TAG_FETCH)
-        if self.full is not None:
-            inter = box_intersect(win, (0, self.part.shape[0], 0, self.part.shape[1]))
-            if inter is not None:
-                out[(slice(None), slice(None)) + _rel(inter, win)] = self.full[:, :, inter[0]:inter[1], inter[2]:inter[3]]
-            return out
-        if plan.local is not None:
-            out[(slice(None), slice(None)) + _rel(plan.local, win)] = \
-                self.data[(slice(None), slice(None)) + _rel(plan.local, self.tile)]
-        ex.wait()
-        for p, buf in incoming:
-            out[(slice(None), slice(None)) + _rel(p.box, win)] = ex.to_xp(buf)
-        return out
+        return self.fetch_start(plan).wait()
 
-    def _post_sends_only(self, plan: HaloPlan, xp: Any) -> None:
-        if self.full is not None:
+    def fetch_start(self, plan: HaloPlan) -> "PendingFetch":
+        """Post the halo messages and return at once; ``.wait()`` gives the window.
+
+        Between the two, a layer computes the outputs whose windows lie in this rank's own tile
+        (:func:`windowed_apply`), so the exchange is hidden behind that work.
+        """
+        return PendingFetch(self, plan)
+
+
+class PendingFetch:
+    """A fetch whose messages are in flight."""
+
+    def __init__(self, arr: DistArray, plan: HaloPlan) -> None:
+        self.arr, self.plan = arr, plan
+        self.out: Any = None
+        self.ex: _Exchanger | None = None
+        self.incoming: list = []
+        data = arr.data
+        xp = get_array_module(data)
+        B, C = data.shape[:2]
+        win = plan.window
+        if arr.full is not None:  # replicated: the window is a local slice, no messages
+            H, W = arr.part.shape
+            if win[0] >= 0 and win[2] >= 0 and win[1] <= H and win[3] <= W:
+                self.out = arr.full[:, :, win[0]:win[1], win[2]:win[3]]
+                return
+            self.out = xp.zeros((B, C) + box_shape(win), dtype=data.dtype)
+            inter = box_intersect(win, (0, H, 0, W))
+            if inter is not None:
+                self.out[(slice(None), slice(None)) + _rel(inter, win)] = \
+                    arr.full[:, :, inter[0]:inter[1], inter[2]:inter[3]]
             return
-        ex = _Exchanger(xp, self.w)
+        self.ex = ex = _Exchanger(xp, arr.w)
+        if not box_empty(win):
+            self.incoming = [(p, ex.recv((B, C) + box_shape(p.box), data.dtype, p.peer, _TAG_FETCH))
+                             for p in plan.recvs]
         for p in plan.sends:
-            ex.send(self.data[(slice(None), slice(None)) + _rel(p.box, self.tile)], p.peer, _TAG_FETCH)
-        ex.wait()
+            ex.send(data[(slice(None), slice(None)) + _rel(p.box, arr.tile)], p.peer, _TAG_FETCH)
+        self.out = xp.zeros((B, C) + box_shape(win), dtype=data.dtype)
+        if plan.local is not None:
+            self.out[(slice(None), slice(None)) + _rel(plan.local, win)] = \
+                data[(slice(None), slice(None)) + _rel(plan.local, arr.tile)]
+
+    def wait(self) -> Any:
+        if self.ex is not None:
+            self.ex.wait()
+            for p, buf in self.incoming:
+                self.out[(slice(None), slice(None)) + _rel(p.box, self.plan.window)] = self.ex.to_xp(buf)
+            self.ex, self.incoming = None, []
+        return self.out
+
+
+def _interior(out_tile: Box, in_tile: Box, kernel: int, stride: int) -> Box | None:
+    """The outputs of ``out_tile`` whose input windows lie inside ``in_tile`` (need no halo)."""
+    if box_empty(out_tile) or box_empty(in_tile):
+        return None
+    lo_y, hi_y = -(-in_tile[0] // stride), (in_tile[1] - kernel) // stride + 1
+    lo_x, hi_x = -(-in_tile[2] // stride), (in_tile[3] - kernel) // stride + 1
+    box = (max(out_tile[0], lo_y), min(out_tile[1], hi_y), max(out_tile[2], lo_x), min(out_tile[3], hi_x))
+    return None if box_empty(box) else box
+
+
+def _strips(outer: Box, inner: Box) -> list[Box]:
+    """``outer`` minus ``inner`` as up to four rectangles (top, bottom, left, right)."""
+    y0, y1, x0, x1 = outer
+    iy0, iy1, ix0, ix1 = inner
+    boxes = [(y0, iy0, x0, x1), (iy1, y1, x0, x1), (iy0, iy1, x0, ix0), (iy0, iy1, ix1, x1)]
+    return [b for b in boxes if not box_empty(b)]
+
+
+def windowed_apply(a: DistArray, plan: HaloPlan, out_tile: Box, kernel: int, stride: int,
+                   fn: Any, spatial_axes: tuple[int, int] = (2, 3)) -> tuple[Any, Any]:
+    """Apply a valid windowed op to this rank's output tile, hiding the halo exchange.
+
+    ``fn(x_window, box)`` computes the outputs of the global output box ``box`` from its input
+    window (``input_window(box, kernel, stride)``); its result has the box's rows and columns on
+    ``spatial_axes``. The interior of the tile (windows inside this rank's own input tile) is
+    computed while the halo is in flight, then the boundary strips. Returns (result, window):
+    the fetched input window is what the backward pass needs.
+    """
+    pending = a.fetch_start(plan)
+    inner = None if (a.full is not None or not plan.recvs) else _interior(out_tile, a.tile, kernel, stride)
+    if inner is None:
+        xw = pending.wait()
+        return fn(xw, out_tile), xw
+    y_in = fn(a.data[(slice(None), slice(None)) + _rel(input_window(inner, kernel, stride), a.tile)], inner)
+    xw = pending.wait()
+    ay, ax = spatial_axes
+    shape = list(y_in.shape)
+    shape[ay], shape[ax] = box_shape(out_tile)
+    xp = get_array_module(y_in)
+    out = xp.empty(shape, dtype=y_in.dtype)
+
+    def put(box: Box, val: Any) -> None:
+        idx = [slice(None)] * len(shape)
+        idx[ay], idx[ax] = _rel(box, out_tile)
+        out[tuple(idx)] = val
+
+    put(inner, y_in)
+    for box in _strips(out_tile, inner):
+        put(box, fn(xw[(slice(None), slice(None)) + _rel(input_window(box, kernel, stride), plan.window)], box))
+    return out, xw
 
 
 def scatter_add(window_grad: Any, plan: HaloPlan, w: World | None = None) -> Any:

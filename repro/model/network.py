@@ -26,7 +26,7 @@ import numpy as np
 from repro.engine import kernels as K
 from repro.engine.backend import get_array_module, to_numpy
 from repro.engine.comm import World, world
-from repro.engine.distarray import DistArray, gather, scatter_add
+from repro.engine.distarray import DistArray, gather, scatter_add, windowed_apply
 from repro.engine.partition import box_shape
 from repro.model import checkpoint as ckpt
 from repro.model.config import NetworkConfig
@@ -75,6 +75,21 @@ def _tiled(kernel: Any, out_shape: tuple[int, ...], first: Any, *args: Any) -> A
     if 0 in out_shape:
         return get_array_module(first).zeros(out_shape, dtype=first.dtype)
     return kernel(first, *args)
+
+
+def _lc_fn(W: Any, tile: tuple[int, int, int, int], stride: int, B: int, F: int) -> Any:
+    """``fn(window, box)`` for :func:`windowed_apply`: the LC outputs of a sub-box of this rank's tile."""
+    def fn(xwin: Any, box: tuple[int, int, int, int]) -> Any:
+        Wb = W[box[0] - tile[0]:box[1] - tile[0], box[2] - tile[2]:box[3] - tile[2]]
+        return _tiled(K.lc_forward, (B, F, *box_shape(box)), xwin, Wb, stride)
+    return fn
+
+
+def _box_fn(kernel: Any, B: int, F: int, *args: Any) -> Any:
+    """``fn(window, box)`` for a weightless windowed kernel (pooling, LCN)."""
+    def fn(xwin: Any, box: tuple[int, int, int, int]) -> Any:
+        return _tiled(kernel, (B, F, *box_shape(box)), xwin, *args)
+    return fn
 
 
 def normalize_filters(W: Any) -> Any:
@@ -141,15 +156,15 @@ class Network:
 
     # ---- forward ------------------------------------------------------------------------------
     def stage_forward(self, i: int, a: DistArray) -> StageCache:
-        s, L = self.cfg.stages[i], self.layout.stages[i]
-        B, F, r = a.data.shape[0], s.maps, self.w.rank
-        xw = a.fetch(L.plan_in)  # (B, C, wy, wx)
-        y = _tiled(K.lc_forward, (B, F, *box_shape(L.part_f.tile(r))), xw, self.params[f"stage{i}.W1"], s.stride)
-        yw = DistArray(y, L.part_f, self.w).fetch(L.plan_f)
-        p = _tiled(K.l2pool_forward, (B, F, *box_shape(L.part_p.tile(r))), yw, s.pool, s.pool_stride,
-                   self.cfg.rica.eps)
-        pw = DistArray(p, L.part_p, self.w).fetch(L.plan_p)
-        z = _tiled(K.lcn_forward, (B, F, *box_shape(L.part_n.tile(r))), pw, s.lcn, s.lcn_sigma, s.lcn_eps)
+        s, L, r = self.cfg.stages[i], self.layout.stages[i], self.w.rank
+        B, F = a.data.shape[0], s.maps
+        # each sublayer: post its halo, compute the tile's interior meanwhile, then the boundary
+        y, xw = windowed_apply(a, L.plan_in, L.part_f.tile(r), s.filter, s.stride,
+                               _lc_fn(self.params[f"stage{i}.W1"], L.part_f.tile(r), s.stride, B, F))
+        p, yw = windowed_apply(DistArray(y, L.part_f, self.w), L.plan_f, L.part_p.tile(r), s.pool, s.pool_stride,
+                               _box_fn(K.l2pool_forward, B, F, s.pool, s.pool_stride, self.cfg.rica.eps))
+        z, pw = windowed_apply(DistArray(p, L.part_p, self.w), L.plan_p, L.part_n.tile(r), s.lcn, 1,
+                               _box_fn(K.lcn_forward, B, F, s.lcn, s.lcn_sigma, s.lcn_eps))
         return StageCache(a, xw, y, yw, p, pw, z)
 
     def forward(self, images: Any, upto: int | None = None) -> list[StageCache]:
@@ -186,9 +201,10 @@ class Network:
         local = float((r * r).sum()) + lam * float(c.p.sum())
         loss = self.w.allreduce_sum(local) * inv_b
         g = r * (2.0 * inv_b)
-        gw = DistArray(g, L.part_in, self.w).fetch(L.plan_in)  # (B, C, wy, wx)
+        tile_f = L.part_f.tile(self.w.rank)
+        dy, gw = windowed_apply(DistArray(g, L.part_in, self.w), L.plan_in, tile_f, s.filter, s.stride,
+                                _lc_fn(W2, tile_f, s.stride, B, s.maps))  # gw: (B, C, wy, wx)
         dW2 = _tiled(K.lc_backward_weights, W2.shape, gw, c.y, s.stride, s.filter)
-        dy = _tiled(K.lc_forward, c.y.shape, gw, W2, s.stride)
         dp = xp.full(c.p.shape, lam * inv_b, dtype=c.p.dtype)
         if dz is not None:
             dpw = _tiled(K.lcn_backward, c.pw.shape, dz, c.pw, s.lcn, s.lcn_sigma, s.lcn_eps)
