@@ -8,6 +8,7 @@ def register(cli: click.Group) -> None:
     from repro.commands.evaluate import evaluate
     from repro.commands.export import export
     from repro.commands.info import info
+    from repro.commands.scaling import scaling_sweep
     from repro.commands.train import train
     from repro.commands.visualize import visualize
     from repro.commands.control import control
@@ -20,3 +21,4 @@ def register(cli: click.Group) -> None:
     cli.add_command(data)
     cli.add_command(visualize)
     cli.add_command(control)
+    cli.add_command(scaling_sweep)
