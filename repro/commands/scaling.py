@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -60,7 +61,7 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, thre
     if worker:
         _worker(obj.device, family, size, batch, steps, worker_json)
         return
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 150)  # wide tables also when piped to a file
     outdir = Path(out)
     if project:
         _project(con, outdir, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family)

@@ -90,30 +90,48 @@ def timed(name: str) -> contextlib.AbstractContextManager:
 
 
 # ---- wrapping an unmodified network -------------------------------------------------------------
-# What each kernel is, per phase. Calls that occur twice in a stage's backward pass are told apart
-# by their order there (network.stage_loss_and_grads: decoder first, then the encoder).
-KERNEL_LABELS: dict[tuple[str, str, int], str] = {
-    ("fwd", "lc_forward", 0): "LC forward (encoder W1ᵀx)",
-    ("fwd", "l2pool_forward", 0): "L2 pooling forward",
-    ("fwd", "lcn_forward", 0): "LCN forward",
-    ("bwd", "lc_backward_data", 0): "decoder W2·y (reconstruction)",
-    ("bwd", "lc_backward_weights", 0): "decoder grad dW2",
-    ("bwd", "lc_forward", 0): "decoder backward (W2ᵀ g)",
-    ("bwd", "lcn_backward", 0): "LCN backward",
-    ("bwd", "l2pool_backward", 0): "L2 pooling backward",
-    ("bwd", "lc_backward_weights", 1): "encoder grad dW1",
-    ("bwd", "lc_backward_data", 1): "encoder backward-data (dx)",
+# What each kernel call is. The LC kernels that take weights are told apart by which weight they
+# get (W1: encoder, W2: decoder; a sub-box view of it counts as it); the two backward-weights
+# calls of a stage by their order (network.stage_loss_and_grads: dW2 first, then dW1).
+KERNEL_LABELS: dict[tuple[str, str, str], str] = {
+    ("fwd", "lc_forward", "W1"): "LC forward (encoder W1ᵀx)",
+    ("fwd", "l2pool_forward", ""): "L2 pooling forward",
+    ("fwd", "lcn_forward", ""): "LCN forward",
+    ("bwd", "lc_backward_data", "W2"): "decoder W2·y (reconstruction)",
+    ("bwd", "lc_forward", "W2"): "decoder backward (W2ᵀ g)",
+    ("bwd", "lc_backward_weights", "0"): "decoder grad dW2",
+    ("bwd", "lcn_backward", ""): "LCN backward",
+    ("bwd", "l2pool_backward", ""): "L2 pooling backward",
+    ("bwd", "lc_backward_weights", "1"): "encoder grad dW1",
+    ("bwd", "lc_backward_data", "W1"): "encoder backward-data (dx)",
 }
 KERNELS = ("lc_forward", "lc_backward_data", "lc_backward_weights", "l2pool_forward", "l2pool_backward",
            "lcn_forward", "lcn_backward")
 COMM = ("halo fetch", "halo scatter-add", "loss all-reduce")  # names counted as communication
+# (with the overlapped exchange of distarray.windowed_apply, "halo fetch" is the posting of the
+# messages plus the wait for them and the window assembly: the part *not* hidden behind compute)
 
 
 @dataclass
 class _Ctx:
     stage: str = "-"
     phase: str = "other"
+    net: Any = None
     counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+    def which(self, name: str, args: tuple) -> str:
+        """``W1``/``W2`` for a kernel given one of this stage's weights, else the call's index."""
+        if name in ("lc_forward", "lc_backward_data") and self.net is not None and len(args) > 1:
+            W = args[1]
+            for k in ("W1", "W2"):
+                p = self.net.params.get(f"{self.stage}.{k}")
+                if p is not None and (W is p or getattr(W, "base", None) is p):
+                    return k
+        if name == "lc_backward_weights":
+            n = self.counts[(self.stage + self.phase, name)]
+            self.counts[(self.stage + self.phase, name)] = n + 1
+            return str(n)
+        return ""
 
 
 @contextlib.contextmanager
@@ -140,9 +158,8 @@ def profile_network(gpu: bool = False) -> Iterator[Timer]:
     def kernel(name: str) -> Callable[[Any], Any]:
         def make(fn: Any) -> Any:
             def wrapper(*a: Any, **kw: Any) -> Any:
-                n = ctx.counts[(ctx.stage + ctx.phase, name)]  # which call of this kernel in this stage/phase
-                ctx.counts[(ctx.stage + ctx.phase, name)] = n + 1
-                label = KERNEL_LABELS.get((ctx.phase, name, n), f"{name} #{n + 1}")
+                which = ctx.which(name, a)
+                label = KERNEL_LABELS.get((ctx.phase, name, which), f"{name} {which}".strip())
                 with TIMER.region(f"{ctx.stage}/{ctx.phase}/{label}"):
                     return fn(*a, **kw)
             wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
@@ -161,14 +178,14 @@ def profile_network(gpu: bool = False) -> Iterator[Timer]:
     def stage_scope(phase: str) -> Callable[[Any], Any]:
         def make(fn: Any) -> Any:
             def wrapper(self: Any, i: int, *a: Any, **kw: Any) -> Any:
-                prev = (ctx.stage, ctx.phase)
-                ctx.stage, ctx.phase = f"stage{i}", phase
+                prev = (ctx.stage, ctx.phase, ctx.net)
+                ctx.stage, ctx.phase, ctx.net = f"stage{i}", phase, self
                 for k in [k for k in ctx.counts if k[0] == ctx.stage + phase]:
                     del ctx.counts[k]
                 try:
                     return fn(self, i, *a, **kw)
                 finally:
-                    ctx.stage, ctx.phase = prev
+                    ctx.stage, ctx.phase, ctx.net = prev
             return wrapper
         return make
 
@@ -176,7 +193,11 @@ def profile_network(gpu: bool = False) -> Iterator[Timer]:
     try:
         for name in KERNELS:
             patch(kmod, name, kernel(name))
-        patch(da.DistArray, "fetch", region("halo fetch"))
+        if hasattr(da, "PendingFetch"):  # fetch = fetch_start (post, copy own part) + wait (receive, assemble)
+            patch(da.DistArray, "fetch_start", region("halo fetch"))
+            patch(da.PendingFetch, "wait", region("halo fetch"))
+        else:
+            patch(da.DistArray, "fetch", region("halo fetch"))
         patch(net_mod, "scatter_add", region("halo scatter-add"))
         patch(da._Exchanger, "wait", region("halo wait"))
         patch(comm_mod.World, "allreduce_sum", region("loss all-reduce"))
@@ -209,7 +230,8 @@ class Breakdown:
             rows.append((stage, phase, label, sec / steps, timer.calls[name] // steps))
         order = {"fwd": 0, "bwd": 1}
         stage_no = lambda s: int(s[5:]) if s.startswith("stage") and s[5:].isdigit() else 1 << 30  # noqa: E731
-        rows.sort(key=lambda r: (stage_no(r[0]), order.get(r[1], 2)))  # stable: call order within a phase
+        # stable: call order within a phase, the MPI-wait row (part of the exchanges) last
+        rows.sort(key=lambda r: (stage_no(r[0]), order.get(r[1], 2), r[2] == "halo wait"))
         return cls(rows, update_s, opt)
 
     @property
