@@ -1,0 +1,202 @@
+"""``repro visualize best-neuron`` / ``invariance``: the ascent, the transforms, the commands end to end
+(1 rank and 2 ranks give the same numbers) and one-line bad-input errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from repro.experiments import invariance as inv
+from repro.experiments import visualize as vis
+from repro.model.config import load_config
+from repro.model.network import Network, standardize
+
+from conftest import run_mpi
+
+
+def _invoke(args: list[str]):
+    from repro.cli import cli
+
+    return CliRunner().invoke(cli, ["--device", "cpu", *args])
+
+
+def _one_line_error(r, *words: str) -> None:
+    assert r.exit_code != 0
+    text = r.output.strip()
+    assert text.startswith("Error:") and "\n" not in text and "Traceback" not in text, text
+    for w in words:
+        assert w in text, text
+
+
+# ---------------------------------------------------------------- pieces
+def test_ascent_beats_best_image_on_unit_sphere() -> None:
+    cfg = load_config("mini")
+    net = Network.create(cfg, seed=3)
+    neuron = vis.make_neuron(cfg, 1, "pool", 5 * 14 * 14 + 7 * 14 + 6)
+    assert neuron.unit == (5, 7, 6)
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 1, 32, 32)).astype(np.float32)
+    acts = vis.neuron_responses(net, images, neuron)
+    best = images[int(np.argmax(acts))]
+    f_img, _ = vis.activation(net, vis.unit_norm(np.asarray(standardize(best[None]))), neuron)
+    out = vis.optimal_stimulus(net, neuron, best, seed=0, iters=15)
+    assert np.linalg.norm(out["x"]) == pytest.approx(1.0, abs=1e-5)
+    assert out["activation"] >= f_img
+    assert out["activation"] >= out["runs"]["random"]["start_activation"]
+    f_x, _ = vis.activation(net, out["x"], neuron)
+    assert f_x == pytest.approx(out["activation"], rel=1e-5)
+    assert out["iterations"] >= 1
+
+
+def test_top_k_order_and_neuron_checks() -> None:
+    a = np.array([1.0, 3.0, 3.0, 0.5, 2.0])
+    assert vis.top_k(a, 3).tolist() == [1, 2, 4]
+    cfg = load_config("mini")
+    from repro.errors import ReproError
+
+    with pytest.raises(ReproError, match="outside"):
+        vis.make_neuron(cfg, 2, "pool", 8 * 5 * 5)
+    with pytest.raises(ReproError, match="stages 0..2"):
+        vis.make_neuron(cfg, 3, "pool", 0)
+
+
+def test_transforms() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((2, 1, 32, 32)).astype(np.float32)
+    ranges = inv.parameter_ranges((32, 32))
+    for kind, ident in inv.IDENTITY.items():
+        assert np.any(ranges[kind] == ident), kind
+        assert np.array_equal(inv.transform(x, kind, ident), x)
+    assert ranges["translation_x"].min() == -8 and ranges["translation_x"].max() == 8
+    assert ranges["rotation"].min() == -90 and ranges["rotation"].max() == 90
+    t = inv.transform(x, "translation_x", 3)
+    np.testing.assert_allclose(t[..., :, 3:], x[..., :, :-3], atol=1e-6)
+    np.testing.assert_allclose(t[..., :, 0], x[..., :, 0], atol=1e-6)  # border replicated
+    t = inv.transform(x, "translation_y", -2)
+    np.testing.assert_allclose(t[..., :-2, :], x[..., 2:, :], atol=1e-6)
+    r = inv.transform(x, "rotation", 90)
+    np.testing.assert_allclose(r[0, 0], np.rot90(x[0, 0]), atol=1e-5)  # counter-clockwise, about the centre
+    s = inv.transform(x, "scale", 0.5)
+    assert s.shape == x.shape and not np.allclose(s, x)
+    assert inv.parameter_ranges((200, 200))["translation_x"].max() == 50
+    colour = rng.random((1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(inv.transform(colour, "translation_x", 1)[..., 1:], colour[..., :-1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- commands
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 3-steps-per-stage mini run, evaluated on faces (small baselines)."""
+    d = tmp_path_factory.mktemp("vis")
+    root, run = d / "data", d / "run"
+    r = _invoke(["train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16"])
+    assert r.exit_code == 0, r.output
+    r = _invoke(["evaluate", "--concept", "faces", "--checkpoint", str(run), "--root", str(root),
+                 "--linear-filters", "64", "--one-layer-steps", "1"])
+    assert r.exit_code == 0, r.output
+    return run, root
+
+
+def test_best_neuron_and_invariance_one_and_two_ranks(evaluated_run, tmp_path) -> None:
+    run, root = evaluated_run
+    ev = json.loads((run / "evaluate-faces.json").read_text())
+    r = _invoke(["visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), "--iters", "8"])
+    assert r.exit_code == 0, r.output
+    b = json.loads((run / "visualize-best-neuron.json").read_text())
+    assert b["neuron"]["index"] == ev["best_neuron"]["index"] and b["neuron"]["unit"] == ev["best_neuron"]["unit"]
+    assert b["top"]["k"] == 48 and len(set(b["top"]["indices"])) == 48
+    assert b["top"]["activations"] == sorted(b["top"]["activations"], reverse=True)
+    assert b["stimulus"]["norm"] == pytest.approx(1.0, abs=1e-5)
+    assert b["stimulus"]["activation"] >= b["best_test_image"]["activation_unit_norm"]
+    x = np.load(run / "best-neuron-stimulus.npy", allow_pickle=False)
+    assert x.shape == (1, 32, 32) and np.linalg.norm(x) == pytest.approx(1.0, abs=1e-5)
+    for f in ("best-neuron-top48.png", "best-neuron-stimulus.png"):
+        assert (run / f).read_bytes()[:4] == b"\x89PNG"
+
+    r = _invoke(["visualize", "invariance", "--checkpoint", str(run), "--root", str(root)])
+    assert r.exit_code == 0, r.output
+    iv = json.loads((run / "invariance.json").read_text())
+    assert len(iv["faces"]) == 10
+    for kind in ("scale", "translation_x", "translation_y", "rotation"):
+        c = iv["curves"][kind]
+        k = c["values"].index(inv.IDENTITY[kind])
+        assert c["trained"]["relative"][k] == pytest.approx(1.0)
+        assert len(c["trained"]["per_face"]) == len(c["values"]) and len(c["random"]["mean"]) == len(c["values"])
+    for f in ("scale", "translation", "rotation"):
+        assert (run / f"invariance-{f}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (run / "invariance-3d-rotation.png").exists()
+
+    # 2 ranks: the same neuron, images and curves (to round-off)
+    one_b, one_i = dict(b), dict(iv)
+    for args in (["best-neuron", "--iters", "8"], ["invariance"]):
+        run_mpi(2, ["-m", "repro.cli", "--device", "cpu", "visualize", *args[:1], "--checkpoint", str(run),
+                    "--root", str(root), *args[1:]], timeout=120)
+    two_b = json.loads((run / "visualize-best-neuron.json").read_text())
+    two_i = json.loads((run / "invariance.json").read_text())
+    assert two_b["ranks"] == 2 and two_i["ranks"] == 2
+    assert two_b["top"]["indices"] == one_b["top"]["indices"]
+    np.testing.assert_allclose(two_b["top"]["activations"], one_b["top"]["activations"], rtol=1e-5)
+    assert two_b["stimulus"]["activation"] == pytest.approx(one_b["stimulus"]["activation"], rel=1e-3)
+    assert two_i["faces"] == one_i["faces"]
+    for kind, c in one_i["curves"].items():
+        for net in ("trained", "random"):
+            np.testing.assert_allclose(two_i["curves"][kind][net]["mean"], c[net]["mean"], rtol=1e-5)
+
+
+def test_rotating_face_set_is_used_when_prepared(evaluated_run, tmp_path) -> None:
+    from repro.data.store import write_store
+
+    run, root = evaluated_run
+    rng = np.random.default_rng(0)
+    angles = [-60, -30, 0, 30, 60]
+    recs = [{"label": 1, "source": f"person{p}/{a}.png"} for p in range(2) for a in angles]
+    imgs = (rng.random((len(recs), 32, 32)) * 255).astype(np.uint8)
+    write_store(root / "prepared" / "rotating-faces" / "test", imgs, recs, "rotating-faces", "test", {})
+    try:
+        r = _invoke(["visualize", "invariance", "--checkpoint", str(run), "--root", str(root), "--faces", "3"])
+        assert r.exit_code == 0, r.output
+        c = json.loads((run / "invariance.json").read_text())["curves"]["rotation_3d"]
+        assert c["values"] == angles and c["count"] == [2] * 5
+        assert max(c["trained"]["relative"]) == pytest.approx(1.0)
+        assert (run / "invariance-3d-rotation.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        shutil.rmtree(root / "prepared" / "rotating-faces")
+        (run / "invariance-3d-rotation.png").unlink(missing_ok=True)
+
+
+def test_bad_inputs(evaluated_run, tmp_path) -> None:
+    from repro.data.store import write_store
+
+    run, root = evaluated_run
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "checkpoints", bare / "checkpoints")
+    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root)]),
+                    f"repro evaluate --concept faces --checkpoint {bare}")
+    _one_line_error(_invoke(["visualize", "invariance", "--checkpoint", str(bare), "--root", str(root)]),
+                    "repro evaluate --concept faces")
+    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(run), "--config", "le2012",
+                             "--root", str(root)]), "does not match")
+    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(tmp_path / "none")]),
+                    "no such checkpoint")
+    over = ["--layer", "2", "--sublayer", "pool", "--index"]
+    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root),
+                             *over, "999"]), "outside")
+    _one_line_error(_invoke(["visualize", "invariance", "--checkpoint", str(bare), "--root", str(root),
+                             "--concept", "cats", *over, "0"]), "repro data prepare cat-heads")
+    imgs = np.zeros((4, 32, 32), np.uint8)
+    write_store(tmp_path / "one", imgs, [{"label": 1, "source": f"x{i}"} for i in range(4)], "one", "test", {})
+    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root),
+                             "--data", str(tmp_path / "one")]), "no negatives")
+    write_store(tmp_path / "empty", np.zeros((0, 32, 32), np.uint8), [], "empty", "test", {})
+    _one_line_error(_invoke(["visualize", "invariance", "--checkpoint", str(run), "--root", str(root),
+                             "--data", str(tmp_path / "empty")]), "no labeled images")
+    # an evaluation made on another config's checkpoint
+    ev = json.loads((run / "evaluate-faces.json").read_text())
+    ev["config"]["name"] = "other"
+    (bare / "evaluate-faces.json").write_text(json.dumps(ev))
+    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root)]),
+                    "config 'other'")
