@@ -1,0 +1,123 @@
+"""scaling-sweep: the sweep runs under mpiexec and writes consistent JSON; projections follow their
+formula; the timing wrappers see every kernel call and are removed afterwards. Timings are not asserted."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from repro.engine import distarray as da
+from repro.engine import kernels as K
+from repro.engine.timing import TIMER, profile_network, profile_update, timed
+from repro.experiments import scaling as S
+from repro.model.config import from_dict
+from repro.model.memory import flops_per_update
+from repro.model.network import Network
+from repro.model.optim import Optimizer
+
+SMALL = {
+    "name": "t", "input": {"size": [14, 13], "channels": 2},
+    "stages": [{"maps": 3, "filter": 4, "pool": 3, "lcn": 3}, {"maps": 2, "filter": 3, "pool": 2, "lcn": 3}],
+    "train": {"batch": 4},
+}
+
+
+def test_timed_is_a_no_op_when_disabled():
+    TIMER.reset()
+    with timed("x"):
+        pass
+    assert not TIMER.enabled and "x" not in TIMER.seconds
+
+
+def test_profile_update_sees_every_stage_and_restores_the_names():
+    cfg = from_dict(SMALL)
+    net, opt = Network.create(cfg, 0), Optimizer.from_config(cfg.train)
+    before = (K.lc_forward, da.DistArray.__dict__.get("fetch_start"), da._Exchanger.wait)
+    imgs = np.random.default_rng(0).standard_normal((4, 2, 14, 13)).astype(np.float32)
+    ref_net = Network.create(cfg, 0)
+    ref_loss, _ = ref_net.finetune_loss_and_grads(imgs)
+    with profile_network():
+        loss, _ = Network.create(cfg, 0).finetune_loss_and_grads(imgs)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)  # wrapping changes no number
+    bd = profile_update(net, opt, imgs, steps=2)
+    assert (K.lc_forward, da.DistArray.__dict__.get("fetch_start"), da._Exchanger.wait) == before
+    assert not TIMER.enabled
+    ops = {(s, p, op) for s, p, op, _, _ in bd.rows}
+    for st in ("stage0", "stage1"):
+        for need in ("LC forward (encoder W1ᵀx)", "L2 pooling forward", "LCN forward"):
+            assert (st, "fwd", need) in ops
+        for need in ("decoder W2·y (reconstruction)", "decoder grad dW2", "encoder grad dW1", "halo scatter-add"):
+            assert (st, "bwd", need) in ops
+    assert ("stage1", "bwd", "encoder backward-data (dx)") in ops  # stage 0 needs no input gradient
+    assert ("stage0", "bwd", "LCN backward") in ops  # gradient from stage 1 flows through stage 0's LCN
+    assert bd.optimizer_s > 0 and 0 < bd.accounted_s <= bd.update_s * 1.05
+
+
+def test_sized_configs_grow_the_parameters_with_the_size():
+    p1 = sum(S.sized_config("cpu", 1).parameter_counts())
+    for m in (2, 4):
+        cfg = S.sized_config("cpu", m)
+        gy, gx = S.grid_shape(m)
+        h, w = cfg.input_size
+        assert abs(w / h - gx / gy) < 0.1
+        assert abs(sum(cfg.parameter_counts()) / (m * p1) - 1) < 0.15
+
+
+def test_paper_family_spans_185M_to_11_2B():
+    cfgs = S.paper_configs(ranks=(1, 64))
+    p = [sum(c.parameter_counts()) for c in cfgs]
+    assert abs(p[0] / 185e6 - 1) < 0.02 and abs(p[1] / 11.2e9 - 1) < 0.02
+
+
+def test_projection_follows_its_formula():
+    link = S.Link(gflops=500.0, bandwidth_gbps=10.0, latency_us=3.0, ranks_per_link=2)
+    cfg = S.sized_config("cpu", 4, batch=8)
+    pt = S.project_point(cfg, 4, 8, link)
+    vol = S.comm_volume(cfg, 4, 8)
+    comm = max(v["messages"] * 3e-6 + v["bytes"] / (10e9 / 8 / 2) for v in vol)
+    assert pt["compute_s"] == pytest.approx(flops_per_update(cfg, 8) / 4 / 500e9)
+    assert pt["comm_s"] == pytest.approx(comm)
+    assert pt["update_s"] == pytest.approx(pt["compute_s"] + pt["comm_s"])
+    one = S.project_point(cfg, 1, 8, link)
+    assert one["comm_s"] == 0 and one["messages"] == 0
+    # a 1 x 2 grid of equal tiles: halo bytes = batch x channels x (rows x halo columns) per exchange
+    vol2 = S.comm_volume(cfg, 2, 8)
+    assert vol2[0]["bytes"] == vol2[1]["bytes"] > 0
+
+
+def test_sweep_runs_and_writes_consistent_json(tmp_path):
+    out = tmp_path / "sc"
+    res = CliRunner().invoke(_cli(), ["--device", "cpu", "scaling-sweep", "--ranks", "1,2", "--sizes", "1",
+                                      "--mode", "both", "--batch", "4", "--steps", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "sweep.json").read_text())
+    assert (out / "sweep.png").stat().st_size > 0 and (out / "README.md").exists()
+    pts = {(p["mode"], p["ranks"], p["size"]): p for p in doc["points"]}
+    assert set(pts) == {("weak", 1, 1), ("weak", 2, 2), ("strong", 1, 1), ("strong", 2, 1)}
+    for p in pts.values():
+        assert p["images_per_s"] == pytest.approx(p["batch"] / p["update_s"])
+        assert p["gflops_per_rank"] == pytest.approx(p["flops_per_update"] / p["ranks"] / p["update_s"] / 1e9)
+        assert 0 <= p["comm_share"] < 1 and len(p["per_rank"]) == p["ranks"]
+        assert p["peak_bytes"] > 0 and p["estimate_bytes"] > 0
+    assert pts[("weak", 2, 2)]["parameters_W1"] > 1.8 * pts[("weak", 1, 1)]["parameters_W1"]
+    assert pts[("strong", 2, 1)]["parameters_W1"] == pts[("strong", 1, 1)]["parameters_W1"]
+    assert pts[("weak", 1, 1)]["efficiency"] == pytest.approx(1.0)
+    w2 = pts[("weak", 2, 2)]
+    assert w2["efficiency"] == pytest.approx(pts[("weak", 1, 1)]["update_s"] / w2["update_s"])
+    # --project from that JSON: the compute rate is the 1-rank measurement
+    res = CliRunner().invoke(_cli(), ["scaling-sweep", "--project", "--from", str(out / "sweep.json"),
+                                      "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    proj = json.loads((out / "projection.json").read_text())
+    assert proj["link"]["gflops"] == pytest.approx(max(p["gflops_per_rank"] for p in pts.values() if p["ranks"] == 1))
+    assert [p["ranks"] for p in proj["points"]] == list(S.PAPER_RANKS)
+    assert all(math.isfinite(p["update_s"]) and p["update_s"] > 0 for p in proj["points"])
+
+
+def _cli():
+    from repro.cli import cli
+
+    return cli
