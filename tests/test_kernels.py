@@ -329,3 +329,66 @@ def test_lc_backward_data_generic_path_matches(case, monkeypatch):
     monkeypatch.setattr(lc, "_FORCE_GENERIC", True)
     np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), fast, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(fast, ref_lc_backward_data(dy, W, s, x.shape), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- GPU path: bounded temporaries
+def _gpu_path_calls(x, W, dy, k, s):
+    return (lambda: lc_forward(x, W, s), lambda: lc_backward_data(dy, W, s, x.shape),
+            lambda: lc_backward_weights(x, dy, s, k))
+
+
+@pytest.mark.parametrize("case", LC_CASES)
+@pytest.mark.parametrize("locs", [1, 2.5, 7, 10**6])  # one location, part of a row, rows, all
+def test_lc_gpu_path_chunked_matches_loop(case, locs, monkeypatch):
+    """The GPU code path on NumPy with a tiny chunk budget: every chunking equals the reference."""
+    import repro.engine.kernels.lc as lc
+
+    x, W, dy, k, s = _lc_case(case)
+    K, B = W.shape[3] * k * k, x.shape[0]
+    monkeypatch.setattr(lc, "_FORCE_GENERIC", True)
+    monkeypatch.setattr(lc, "_GPU_CHUNK_BYTES", int(locs * K * B * x.itemsize))
+    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x, dy, s, k),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gpu_path", [True, False])
+@pytest.mark.parametrize("locs", [1, 3, 40])
+def test_lc_workspace_bounds_temporaries(gpu_path, locs, monkeypatch):
+    """Peak traced allocation of each call minus its output stays within lc_workspace_bytes
+    (NumPy reports its buffers to tracemalloc; 64 KiB slack for Python objects)."""
+    import tracemalloc
+
+    import repro.engine.kernels.lc as lc
+
+    x, W, dy, k, s = _lc_case((4, 3, 20, 21, 5, 2, 5), dtype=np.float32)
+    K, B = W.shape[3] * k * k, x.shape[0]
+    monkeypatch.setattr(lc, "_FORCE_GENERIC", gpu_path)
+    monkeypatch.setattr(lc, "_GPU_CHUNK_BYTES", locs * K * B * 4)
+    monkeypatch.setattr(lc, "_CPU_CHUNK_BYTES", locs * K * B * 4)
+    ws = lc.lc_workspace_bytes(B, W.shape, 4, gpu=gpu_path, stride=s)
+    assert ws <= lc.lc_workspace_bytes(B, W.shape, 4, gpu=gpu_path)  # stride=None is an upper bound
+    for fn, out_bytes in zip(_gpu_path_calls(x, W, dy, k, s), (dy.nbytes, x.nbytes, W.nbytes)):
+        fn()  # warm-up: the thread pool and its BLAS settings
+        tracemalloc.start()
+        try:
+            fn()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak - out_bytes <= ws + (64 << 10)
+    if gpu_path:
+        L, F = W.shape[0] * W.shape[1], W.shape[2]
+        assert ws == min(L, locs) * B * (K + F) * 4
+
+
+def test_lc_workspace_le2012_gpu_is_bounded():
+    """The paper's first layer on one GPU: the old column buffer was 26 GB, now one chunk."""
+    import repro.engine.kernels.lc as lc
+
+    W_shape = (158, 158, 8, 8, 18, 18)
+    full = 158 * 158 * 8 * 18 * 18 * 100 * 4
+    assert full > 25e9
+    assert lc.lc_workspace_bytes(100, W_shape, 4, gpu=True) <= lc._GPU_CHUNK_BYTES * (1 + 8 / 2592) + 1

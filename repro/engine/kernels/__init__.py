@@ -13,6 +13,7 @@ from repro.engine.kernels.lc import (
     lc_flops,
     lc_forward,
     lc_output_shape,
+    lc_workspace_bytes,
 )
 from repro.engine.kernels.lcn import gaussian_window, lcn_backward, lcn_forward
 from repro.engine.kernels.pool import l2pool_backward, l2pool_forward, pool_output_size
@@ -26,6 +27,7 @@ __all__ = [
     "lc_flops",
     "lc_forward",
     "lc_output_shape",
+    "lc_workspace_bytes",
     "lcn_backward",
     "lcn_forward",
     "pool_output_size",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -71,6 +72,18 @@ def map_chunks(fn: Callable[[int, int], None], n: int, chunk: int, gpu: bool = F
         for lo, hi in ranges:
             fn(lo, hi)
         return
-    # a few ranges per worker keeps the load balanced; results are written in place
-    for f in [_pool().submit(fn, lo, hi) for lo, hi in ranges]:
+    # one task per worker pulling ranges from a shared iterator: the load stays balanced and the
+    # Python overhead (futures, locks) does not grow with the number of ranges
+    it = iter(ranges)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                r = next(it, None)
+            if r is None:
+                return
+            fn(*r)
+
+    for f in [_pool().submit(worker) for _ in range(min(n_threads(), len(ranges)))]:
         f.result()

@@ -50,6 +50,34 @@ def lc_flops(batch: int, W_shape: tuple[int, ...]) -> float:
     return 2.0 * batch * oy * ox * f * c * ky * kx
 
 
+def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu: bool,
+                       stride: int | None = None) -> int:
+    """Largest temporary memory (bytes) one lc_* call allocates beyond its inputs and output.
+
+    The maximum over lc_forward, lc_backward_data and lc_backward_weights, for contiguous inputs
+    of one dtype. With B = batch, (OY, OX, F, C, k, k) = W_shape, L = OY*OX, K = C*k*k:
+
+    GPU: n = min(L, max(1, _GPU_CHUNK_BYTES // (K*B*itemsize))) locations per chunk and
+        workspace = n * B * (K + F) * itemsize          (one chunk of columns + its y/dy slice)
+    CPU: T = n_threads() workers, c = min(L, max(1, _CPU_CHUNK_BYTES // (K*B*itemsize))),
+        X = B*C*H*W (the input, copied batch-last; H = (OY-1)*s + k + s-1, likewise W),
+        workspace = itemsize * max(X + T*c*B*(K+F),                  forward
+                                   X + L*F*B + T*c*K*(B+F),          backward-weights
+                                   L*F*B + T*(X + c*K*B))            backward-data
+    stride: needed on the CPU only (for X); None assumes stride = k, an upper bound for every
+    stride <= k.
+    """
+    oy, ox, f, c, k, _ = (int(v) for v in W_shape)
+    B, L, K, isz = int(batch), oy * ox, c * k * k, int(itemsize)
+    if gpu:
+        n = min(L, max(1, _GPU_CHUNK_BYTES // (K * B * isz)))
+        return n * B * (K + f) * isz
+    s = k if stride is None else int(stride)
+    X = B * c * ((oy - 1) * s + k + s - 1) * ((ox - 1) * s + k + s - 1)
+    T, n = n_threads(), min(L, max(1, _CPU_CHUNK_BYTES // (K * B * isz)))
+    return isz * max(X + T * n * B * (K + f), X + L * f * B + T * n * K * (B + f), L * f * B + T * (X + n * K * B))
+
+
 def _is_gpu(xp: Any) -> bool:
     return xp is not np
 
@@ -106,18 +134,20 @@ def lc_forward(x: Array, W: Array, stride: int) -> Array:
         raise ValueError(f"weights {W.shape} do not fit input {x.shape} with stride {stride}")
     L, K = OY * OX, C * k * k
     dtype = np.result_type(x.dtype, W.dtype)
+    Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K), a view when W is
+    if _is_gpu(xp) or _FORCE_GENERIC:
+        return _forward_gpu(x.astype(dtype, copy=False), Wm, (OY, OX), k, stride)
     xt = _batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
-    Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K)
-    yt = xp.empty((L, F, B), dtype=dtype)  # (L, F, B)
+    y = xp.empty((B, F, OY, OX), dtype=dtype)
+    yf = y.reshape(B, F, L)
 
     def work(lo: int, hi: int) -> None:
         cols = _gather(win, lo, hi)  # (n, K, B)
-        xp.matmul(Wm[lo:hi], cols, out=yt[lo:hi])  # (n, F, B)
+        yf[:, :, lo:hi] = xp.matmul(Wm[lo:hi], cols).transpose(2, 1, 0)  # (n, F, B) -> (B, F, n)
 
     map_chunks(work, L, _chunk_size(xp, L, K * B * xt.itemsize), gpu=_is_gpu(xp))
-    # (L, F, B) -> (B, F, OY, OX)
-    return xp.ascontiguousarray(yt.reshape(OY, OX, F, B).transpose(3, 2, 0, 1))
+    return y
 
 
 def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> Array:
@@ -131,6 +161,9 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
         raise ValueError(f"gradient {dy.shape} does not fit input {x.shape} (k={k}, s={stride})")
     L, K = OY * OX, C * k * k
     dtype = np.result_type(x.dtype, dy.dtype)
+    if _is_gpu(xp) or _FORCE_GENERIC:
+        dW = _backward_weights_gpu(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride)
+        return dW.reshape(OY, OX, F, C, k, k)
     xt = _batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
     dyt = xp.ascontiguousarray(dy.astype(dtype, copy=False).transpose(2, 3, 1, 0)).reshape(L, F, B)
@@ -165,45 +198,127 @@ def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, i
         raise ValueError(f"shapes do not fit: dy {dy.shape}, W {W.shape}, input {input_shape}")
     L, K = OY * OX, C * k * k
     dtype = np.result_type(dy.dtype, W.dtype)
-    Wt = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K).transpose(0, 2, 1)  # (L, K, F) view
-    dyt = xp.ascontiguousarray(dy.astype(dtype, copy=False).transpose(2, 3, 1, 0)).reshape(L, F, B)
+    Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K), a view when W is
     if _is_gpu(xp) or _FORCE_GENERIC:
-        dxt = _backward_data_grouped(Wt, dyt, (C, H, Wd, B), OY, OX, k, stride)
-    else:
-        dxt = _backward_data_blocks(Wt, dyt, (C, H, Wd, B), OY, OX, k, stride)
+        return _backward_data_grouped(Wm, dy.astype(dtype, copy=False), (B, C, H, Wd), OY, OX, k, stride)
+    Wt = Wm.transpose(0, 2, 1)  # (L, K, F) view
+    dyt = xp.ascontiguousarray(dy.astype(dtype, copy=False).transpose(2, 3, 1, 0)).reshape(L, F, B)
+    dxt = _backward_data_blocks(Wt, dyt, (C, H, Wd, B), OY, OX, k, stride)
     return xp.ascontiguousarray(xp.moveaxis(dxt, -1, 0))  # (C, H, W, B) -> (B, C, H, W)
 
 
 _FORCE_GENERIC = False  # tests flip this to run the GPU code path on NumPy
 
 
-def _backward_data_grouped(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: int, k: int, s: int) -> Array:
-    """Generic path: all columns at once, scatter-add by non-overlapping groups."""
-    xp = get_array_module(Wt)
-    C, H, Wd, B = shape_t
-    L, K, F = Wt.shape
-    dcols = xp.empty((L, K, B), dtype=Wt.dtype)  # (L, K, B)
+def _gpu_chunk(L: int, K: int, B: int, itemsize: int) -> int:
+    """Locations per GPU chunk: their (n, B, K) columns fit in _GPU_CHUNK_BYTES (at least one)."""
+    return max(1, min(L, _GPU_CHUNK_BYTES // max(K * B * itemsize, 1)))
 
-    def work(lo: int, hi: int) -> None:
-        xp.matmul(Wt[lo:hi], dyt[lo:hi], out=dcols[lo:hi])  # (n, K, B)
 
-    map_chunks(work, L, _chunk_size(xp, L, K * B * Wt.itemsize), gpu=_is_gpu(xp))
-    dxt = xp.zeros(shape_t, dtype=Wt.dtype)  # (C, H, W, B)
-    dc = dcols.reshape(OY, OX, C, k, k, B)
+def _windows_bf(x: Array, k: int, s: int, oy: int, ox: int) -> Array:
+    """Zero-copy view (OY, OX, B, C, k, k) of the windows of x (B, C, H, W), batch-first."""
+    xp = get_array_module(x)
+    sb, sc, sh, sw = x.strides
+    B, C = x.shape[:2]
+    return xp.lib.stride_tricks.as_strided(x, shape=(oy, ox, B, C, k, k),
+                                           strides=(s * sh, s * sw, sb, sc, sh, sw))
+
+
+def _gather_any(win: Array, lo: int, hi: int) -> Array:
+    """Contiguous copy (hi-lo, *win.shape[2:]) of flat locations lo..hi-1 of a window view."""
+    xp = get_array_module(win)
+    ox_n = win.shape[1]
+    out = xp.empty((hi - lo,) + tuple(win.shape[2:]), dtype=win.dtype)
+    i, n = 0, hi - lo
+    while i < n:  # one strided copy per output row touched
+        r, q = divmod(lo + i, ox_n)
+        m = min(ox_n - q, n - i)
+        out[i : i + m] = win[r, q : q + m]
+        i += m
+    return out
+
+
+# The GPU path (also run on NumPy by the tests via _FORCE_GENERIC). It keeps the public
+# batch-first layout and never makes a full-size layout copy: every temporary is one chunk of
+# n locations (n = _gpu_chunk), columns (n, B, K) plus a (n, B, F) slice of y / dy, so one call
+# needs at most lc_workspace_bytes(..., gpu=True) beyond its inputs and output. cuBLAS takes the
+# transposed operands below through its transpose flags (strided-batched GEMM), without copies.
+
+
+def _forward_gpu(x: Array, Wm: Array, out_hw: tuple[int, int], k: int, s: int) -> Array:
+    """y (B, F, OY, OX); per chunk: y_l^T (B, F) = cols_l (B, K) @ W_l^T (K, F)."""
+    xp = get_array_module(x, Wm)
+    B, C = x.shape[:2]
+    OY, OX = out_hw
+    L, F, K = Wm.shape
+    win = _windows_bf(x, k, s, OY, OX)  # (OY, OX, B, C, k, k) view
+    y = xp.empty((B, F, OY, OX), dtype=Wm.dtype)
+    yf = y.reshape(B, F, L)
+    n = _gpu_chunk(L, K, B, Wm.itemsize)
+    for lo in range(0, L, n):
+        hi = min(L, lo + n)
+        cols = _gather_any(win, lo, hi).reshape(hi - lo, B, K)  # (n, B, K)
+        yc = xp.matmul(cols, Wm[lo:hi].transpose(0, 2, 1))  # (n, B, F)
+        del cols
+        yf[:, :, lo:hi] = yc.transpose(1, 2, 0)  # (B, F, n)
+    return y
+
+
+def _backward_weights_gpu(x: Array, dy: Array, k: int, s: int) -> Array:
+    """dW (L, F, K); per chunk: dW_l (F, K) = dy_l (F, B) @ cols_l (B, K), written in place."""
+    xp = get_array_module(x, dy)
+    B, C = x.shape[:2]
+    _, F, OY, OX = dy.shape
+    L, K = OY * OX, C * k * k
+    win = _windows_bf(x, k, s, OY, OX)
+    dyf = dy.reshape(B, F, L)
+    dW = xp.empty((L, F, K), dtype=x.dtype)
+    n = _gpu_chunk(L, K, B, x.itemsize)
+    for lo in range(0, L, n):
+        hi = min(L, lo + n)
+        cols = _gather_any(win, lo, hi).reshape(hi - lo, B, K)  # (n, B, K)
+        dyc = xp.ascontiguousarray(dyf[:, :, lo:hi].transpose(2, 1, 0))  # (n, F, B)
+        xp.matmul(dyc, cols, out=dW[lo:hi])  # (n, F, K)
+        del cols, dyc  # before the next chunk's are allocated
+    return dW
+
+
+def _backward_data_grouped(Wm: Array, dy: Array, in_shape: tuple, OY: int, OX: int, k: int, s: int) -> Array:
+    """dx (B, C, H, W); chunks of whole output rows (or pieces of one row when a row is larger
+    than the budget): one batched GEMM dc_l (B, K) = dy_l^T (B, F) @ W_l (F, K), then a
+    scatter-add over groups of locations whose windows do not overlap (q = ceil(k/s) apart),
+    each group one vectorised ``+=`` into a strided view of dx: <= q*q adds per chunk."""
+    xp = get_array_module(Wm, dy)
+    B, C, H, Wd = in_shape
+    L, F, K = Wm.shape
+    W4 = Wm.reshape(OY, OX, F, K)
+    dx = xp.zeros(in_shape, dtype=Wm.dtype)  # (B, C, H, W), the output
+    n = _gpu_chunk(L, K, B, Wm.itemsize)
+    if n >= OX:  # rectangles of nr whole rows
+        rects = ((r, min(OY, r + n // OX), 0, OX) for r in range(0, OY, n // OX))
+    else:  # a row is over the budget: pieces of n locations of one row
+        rects = ((r, r + 1, c, min(OX, c + n)) for r in range(OY) for c in range(0, OX, n))
     q = -(-k // s)  # windows q locations apart never overlap
-    sc, sh, sw, sb = dxt.strides
-    for a in range(min(q, OY)):
-        my = len(range(a, OY, q))
-        for b in range(min(q, OX)):
-            nx = len(range(b, OX, q))
-            # (C, my, k, nx, k, B) non-overlapping view of the windows of this group
-            tgt = xp.lib.stride_tricks.as_strided(
-                dxt[:, a * s :, b * s :, :],
-                shape=(C, my, k, nx, k, B),
-                strides=(sc, q * s * sh, sh, q * s * sw, sw, sb),
-            )
-            tgt += dc[a::q, b::q].transpose(2, 0, 3, 1, 4, 5)  # (my, nx, C, k, k, B) -> view order
-    return dxt
+    sb, sc, sh, sw = dx.strides
+    for r0, r1, c0, c1 in rects:
+        nr, nc = r1 - r0, c1 - c0
+        dyc = xp.ascontiguousarray(dy[:, :, r0:r1, c0:c1].transpose(2, 3, 0, 1))  # (nr, nc, B, F)
+        dc = xp.matmul(dyc, W4[r0:r1, c0:c1])  # (nr, nc, B, K)
+        del dyc
+        dc = dc.reshape(nr, nc, B, C, k, k)
+        for a in range(min(q, nr)):
+            my = len(range(a, nr, q))
+            for b in range(min(q, nc)):
+                nx = len(range(b, nc, q))
+                # (my, nx, B, C, k, k) non-overlapping view of the windows of this group
+                tgt = xp.lib.stride_tricks.as_strided(
+                    dx[:, :, (r0 + a) * s :, (c0 + b) * s :],
+                    shape=(my, nx, B, C, k, k),
+                    strides=(q * s * sh, q * s * sw, sb, sc, sh, sw),
+                )
+                tgt += dc[a::q, b::q]
+        del dc
+    return dx
 
 
 def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: int, k: int, s: int) -> Array:
