@@ -8,8 +8,12 @@ Counted for the joint fine-tuning update (the largest of the training steps), in
                     and its pooling window, pooling output and its LCN window, LCN output
     halos           the parts of those windows received from other ranks (inside activations too,
                     listed apart because they are what crosses the network)
-    workspace       the largest temporary of one kernel call: the column buffer of the
-                    locally connected backward-data GEMM (locations x C*k*k x batch)
+    workspace       the largest temporaries of one kernel call: the gathered columns of the
+                    locally connected GEMMs (locations x C*k*k x batch), which the kernels cut
+                    into chunks of at most 256 MiB (GPU; 3 MiB per thread on CPUs), plus the
+                    batch-last copies of a kernel's input window and output (3 window-sized
+                    arrays). Counting the whole column buffer, as a first version did, put
+                    24 GiB of workspace on one rank of le2012 that no kernel ever allocates.
 """
 from __future__ import annotations
 
@@ -59,6 +63,11 @@ class _FakeWorld(World):
         return self._size
 
 
+# The LC kernels' bound on one call's gathered columns (repro.engine.kernels.lc: _GPU_CHUNK_BYTES;
+# the CPU bound, 3 MiB per thread, is smaller on any machine with fewer than 85 threads).
+_CHUNK_BYTES = 1 << 28
+
+
 def _area(box: tuple[int, int, int, int]) -> int:
     h, w = box_shape(box)
     return h * w
@@ -83,7 +92,8 @@ def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4) -> l
                              + F * (_area(L.part_f.tile(r)) + _area(L.plan_f.window) + _area(L.part_p.tile(r))
                                     + _area(L.plan_p.window) + _area(L.part_n.tile(r))))
             halos += batch * (C * _recv_area(L.plan_in) + F * (_recv_area(L.plan_f) + _recv_area(L.plan_p)))
-            work = max(work, locs * K * batch)
+            win = max(C * _area(L.plan_in.window), F * _area(L.plan_f.window))
+            work = max(work, min(locs * K * batch, _CHUNK_BYTES // itemsize) + 3 * batch * win)
         out.append(RankMemory(r, lay.stages[0].part_f.tile(r), params * itemsize, params * itemsize,
                               params * itemsize, acts * itemsize, halos * itemsize, work * itemsize))
     return out
