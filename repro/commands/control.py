@@ -54,7 +54,8 @@ def control(obj, run, concept, data, test_data, root, layer, sublayer, max_steps
     store = open_training_data(session, name, root, console)
     opt = EvalOptions(concept=concept, stage=stage, sublayer=sublayer, seed=seed, linear_filters=linear_filters,
                       one_layer_steps=one_layer_steps)
-    r = run_control(session, cfg, store, Path(str(name)).name, ts, opt, root, max_steps=max_steps, console=console)
+    r = run_control(session, cfg, store, store.name or Path(str(name)).name, ts, opt, root, max_steps=max_steps,
+                    console=console)
     if session.w.is_root:
         b, c, f = r["baseline"], r["faces_removed"], r["face_filter"]
         Console().print(
