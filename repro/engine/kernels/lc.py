@@ -16,8 +16,14 @@ copy of long contiguous runs, and the per-location GEMMs become
     backward-weights dW_l (F, K) = dy_l (F, B) @ cols_l^T (B, K)
 
 with K = C*k*k. On CPUs the locations are cut into chunks so the gathered columns stay in
-cache and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS); on GPUs
-the same code runs with large chunks (bounded only to cap temporary memory).
+cache and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS).
+
+GPUs take a separate path (``_forward_gpu``, ``_backward_weights_gpu``, ``_backward_data_grouped``;
+tests run it on NumPy through ``_FORCE_GENERIC``): no batch-last copy (strided gathers are cheap
+there), chunks of n = _GPU_CHUNK_BYTES // (K*B*itemsize) locations, and every temporary is one
+chunk, so a call needs at most ``lc_workspace_bytes(..., gpu=True)`` = n*B*(K+F)*itemsize beyond
+its inputs and output (the paper's 158x158-location layer with batch 100 once needed 26 GB of
+backward-data columns; now 256 MiB).
 """
 from __future__ import annotations
 
@@ -184,9 +190,9 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
 def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, int, int, int]) -> Array:
     """dx[b, c, y, x]: per location (K, F) @ (F, B), then col2im scatter-add.
 
-    GPU (and the generic path): one batched GEMM for all locations, then a scatter-add over
-    groups of locations whose windows do not overlap (q = ceil(k/s) apart), each group one
-    vectorised ``+=`` into a strided view: ceil(k/s)**2 adds (<= k*k).
+    GPU (and the generic path): chunks of output rows, each one batched GEMM and then a
+    scatter-add over groups of locations whose windows do not overlap (q = ceil(k/s) apart),
+    each group one vectorised ``+=`` into a strided view of dx: <= ceil(k/s)**2 adds a chunk.
     CPU: each worker thread takes a contiguous range of locations, computes the columns of a
     cache-sized chunk at a time and adds each window block into its own accumulator; the
     accumulators are summed at the end (the full (L, K, B) columns never reach main memory).
