@@ -139,3 +139,22 @@ def test_compute_features_layout():
     feats = compute_features(net, x, 1, "pool", batch=2)
     c = net.forward(x)[1]
     np.testing.assert_allclose(feats, c.p.reshape(5, -1))
+
+
+def test_tied_decoder_gradient():
+    d = {**SMALL, "rica": {"lambda": 0.1, "eps": 0.01, "tied": True, "normalize_encoder": False}}
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    x = images().astype(np.float64)
+    loss, grads = net.finetune_loss_and_grads(x)
+    assert set(grads) == {"stage0.W1", "stage1.W1"}  # W2 is W1's transpose: no parameter of its own
+    for name in grads:
+        _fd_check(net, lambda: net.finetune_loss_and_grads(x)[0], grads, name, n_coords=4)
+
+
+def test_decoder_normalisation():
+    d = {**SMALL, "rica": {"lambda": 0.1, "eps": 0.01, "normalize_decoder": True}}
+    net = Network.create(from_dict(d), seed=1)
+    _, g = net.layer_loss_and_grads(images(), 0)
+    apply_update(net, Optimizer("sgd", 0.01), g)
+    W2 = net.params["stage0.W2"]
+    np.testing.assert_allclose(np.sqrt((W2 ** 2).sum(axis=(3, 4, 5))), 1.0, rtol=1e-5)

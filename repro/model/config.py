@@ -37,6 +37,8 @@ class RicaConfig:
     lam: float = 0.1
     eps: float = 1e-2
     normalize_encoder: bool = True  # project each encoding filter to unit norm after every update
+    normalize_decoder: bool = False  # the same for each decoding filter (W2)
+    tied: bool = False  # decode with the encoder's transpose (W2 = W1, the RICA of Le et al. 2011)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ def validate(cfg: NetworkConfig, where: str) -> NetworkConfig:
 
 
 _STAGE_KEYS = set(StageConfig.__dataclass_fields__)
-_RICA_KEYS = {"lambda": "lam", "eps": "eps", "normalize_encoder": "normalize_encoder"}
+_RICA_KEYS = {"lambda": "lam", "eps": "eps", "normalize_encoder": "normalize_encoder",
+              "normalize_decoder": "normalize_decoder", "tied": "tied"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 
 

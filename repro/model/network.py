@@ -192,7 +192,9 @@ class Network:
         (joint fine-tuning); its contribution flows into W1 and into the input gradient.
         """
         xp, s, L = self.xp, self.cfg.stages[i], self.layout.stages[i]
-        W1, W2 = self.params[f"stage{i}.W1"], self.params[f"stage{i}.W2"]
+        tied = self.cfg.rica.tied
+        W1 = self.params[f"stage{i}.W1"]
+        W2 = W1 if tied else self.params[f"stage{i}.W2"]  # tied: the decoder is the encoder's transpose
         B = c.y.shape[0]
         lam, inv_b = self.cfg.rica.lam, 1.0 / B
         # reconstruction  xhat = W2 y  (transposed connectivity), summed into the input's owners
@@ -215,6 +217,8 @@ class Network:
         da = None
         if need_input_grad:
             da = scatter_add(_tiled(K.lc_backward_data, c.xw.shape, dy, W1, s.stride, c.xw.shape), L.plan_in, self.w) - g
+        if tied:
+            return loss, {f"stage{i}.W1": dW1 + dW2}, da
         return loss, {f"stage{i}.W1": dW1, f"stage{i}.W2": dW2}, da
 
     def layer_loss_and_grads(self, images: Any, i: int) -> tuple[float, dict[str, Any]]:
@@ -244,10 +248,10 @@ class Network:
 def apply_update(net: Network, opt: Optimizer, grads: dict[str, Any]) -> None:
     """One optimiser step on this rank's tiles, then the unit-norm projection of encoding filters."""
     opt.step(net.params, grads)
-    if net.cfg.rica.normalize_encoder:
-        for name in grads:
-            if name.endswith(".W1"):
-                normalize_filters(net.params[name])
+    rica = net.cfg.rica
+    for name in grads:
+        if (name.endswith(".W1") and rica.normalize_encoder) or (name.endswith(".W2") and rica.normalize_decoder):
+            normalize_filters(net.params[name])
 
 
 def save_checkpoint(net: Network, opt: Optimizer | None, directory: Any, step: int,
