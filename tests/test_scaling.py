@@ -1,5 +1,5 @@
 """scaling-sweep: the sweep runs under mpiexec and writes consistent JSON; projections follow their
-formula; the timing wrappers see every kernel call and are removed afterwards. Timings are not asserted."""
+formula; the timer sees every stage's kernels and exchanges and changes no number. Timings are not asserted."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from repro.engine import distarray as da
-from repro.engine import kernels as K
 from repro.engine.timing import TIMER, profile_network, profile_update, timed
 from repro.experiments import scaling as S
 from repro.model.config import from_dict
@@ -32,26 +30,27 @@ def test_timed_is_a_no_op_when_disabled():
     assert not TIMER.enabled and "x" not in TIMER.seconds
 
 
-def test_profile_update_sees_every_stage_and_restores_the_names():
+def test_profile_update_sees_every_stage_and_changes_no_number():
     cfg = from_dict(SMALL)
     net, opt = Network.create(cfg, 0), Optimizer.from_config(cfg.train)
-    before = (K.lc_forward, da.DistArray.__dict__.get("fetch_start"), da._Exchanger.wait)
     imgs = np.random.default_rng(0).standard_normal((4, 2, 14, 13)).astype(np.float32)
-    ref_net = Network.create(cfg, 0)
-    ref_loss, _ = ref_net.finetune_loss_and_grads(imgs)
+    ref_loss, ref_grads = Network.create(cfg, 0).finetune_loss_and_grads(imgs)
     with profile_network():
-        loss, _ = Network.create(cfg, 0).finetune_loss_and_grads(imgs)
-    assert loss == pytest.approx(ref_loss, rel=1e-6)  # wrapping changes no number
+        loss, grads = Network.create(cfg, 0).finetune_loss_and_grads(imgs)
+    assert loss == ref_loss  # timing changes no number
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], ref_grads[k])
     bd = profile_update(net, opt, imgs, steps=2)
-    assert (K.lc_forward, da.DistArray.__dict__.get("fetch_start"), da._Exchanger.wait) == before
     assert not TIMER.enabled
     ops = {(s, p, op) for s, p, op, _, _ in bd.rows}
     for st in ("stage0", "stage1"):
-        for need in ("LC forward (encoder W1ᵀx)", "L2 pooling forward", "LCN forward"):
+        for need in ("LC forward", "L2 pool forward", "LCN forward"):
             assert (st, "fwd", need) in ops
-        for need in ("decoder W2·y (reconstruction)", "decoder grad dW2", "encoder grad dW1", "halo scatter-add"):
+        for need in ("decoder W2 y", "decoder backward", "decoder backward-weights", "LC backward-weights",
+                     "L2 pool backward", "halo scatter-add", "loss all-reduce"):
             assert (st, "bwd", need) in ops
-    assert ("stage1", "bwd", "encoder backward-data (dx)") in ops  # stage 0 needs no input gradient
+    assert ("stage1", "bwd", "LC backward-data") in ops  # stage 0 needs no input gradient
+    assert ("stage0", "bwd", "LC backward-data") not in ops
     assert ("stage0", "bwd", "LCN backward") in ops  # gradient from stage 1 flows through stage 0's LCN
     assert bd.optimizer_s > 0 and 0 < bd.accounted_s <= bd.update_s * 1.05
 

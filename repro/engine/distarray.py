@@ -21,6 +21,7 @@ from mpi4py import MPI
 from repro.engine.backend import get_array_module, to_numpy
 from repro.engine.comm import World, cuda_aware_mpi, world
 from repro.engine.partition import Box, Partition, box_empty, box_intersect, box_shape, input_window
+from repro.engine.timing import timed
 
 _TAG_FETCH = 11
 _TAG_ADJOINT = 12
@@ -111,7 +112,8 @@ class _Exchanger:
         return buf
 
     def wait(self) -> None:
-        MPI.Request.Waitall(self.requests)
+        with timed("halo wait"):
+            MPI.Request.Waitall(self.requests)
         self.requests, self.keep = [], []
 
     def to_xp(self, buf: Any) -> Any:
@@ -151,7 +153,8 @@ class DistArray:
         Between the two, a layer computes the outputs whose windows lie in this rank's own tile
         (:func:`windowed_apply`), so the exchange is hidden behind that work.
         """
-        return PendingFetch(self, plan)
+        with timed("halo fetch"):
+            return PendingFetch(self, plan)
 
 
 class PendingFetch:
@@ -189,6 +192,10 @@ class PendingFetch:
                 data[(slice(None), slice(None)) + _rel(plan.local, arr.tile)]
 
     def wait(self) -> Any:
+        with timed("halo fetch"):
+            return self._wait()
+
+    def _wait(self) -> Any:
         if self.ex is not None:
             self.ex.wait()
             for p, buf in self.incoming:
@@ -255,7 +262,11 @@ def scatter_add(window_grad: Any, plan: HaloPlan, w: World | None = None) -> Any
     Returns this rank's tile ``(B, C, ty, tx)``: its own part of its window plus what each peer's
     window holds over this tile. Parts of a window outside the array's bounds are dropped.
     """
-    w = w or world()
+    with timed("halo scatter-add"):
+        return _scatter_add(window_grad, plan, w or world())
+
+
+def _scatter_add(window_grad: Any, plan: HaloPlan, w: World) -> Any:
     xp = get_array_module(window_grad)
     B, C = window_grad.shape[:2]
     tile = plan.tile

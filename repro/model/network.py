@@ -23,19 +23,27 @@ from typing import Any
 
 import numpy as np
 
-from repro.engine import kernels as K
 from repro.engine.backend import get_array_module, to_numpy
 from repro.engine.comm import World, world
-from repro.engine.distarray import DistArray, gather, scatter_add, windowed_apply
-from repro.engine.partition import box_shape
+from repro.engine.distarray import DistArray, gather
+from repro.engine.timing import TIMER
 from repro.model import checkpoint as ckpt
 from repro.model.config import NetworkConfig
-from repro.model.layout import Layout, StageLayout
+from repro.model.layers import Stage, StageCache
+from repro.model.layout import Layout
 from repro.model.optim import Optimizer
 
 
 def param_names(cfg: NetworkConfig) -> list[str]:
-    return [f"stage{i}.{w}" for i in range(len(cfg.stages)) for w in ("W1", "W2")]
+    """``stageN.W1`` (encoding) and ``stageN.W2`` (decoding; absent when the config ties them)."""
+    kinds = ("W1",) if cfg.rica.tied else ("W1", "W2")
+    return [f"stage{i}.{w}" for i in range(len(cfg.stages)) for w in kinds]
+
+
+def _split(name: str) -> tuple[int, str]:
+    """``"stage2.W1"`` -> (2, "W1")."""
+    stage, which = name.split(".")[:2]
+    return int(stage[len("stage"):]), which
 
 
 def init_tile(cfg: NetworkConfig, stage: int, which: str, tile: tuple[int, int, int, int], seed: int,
@@ -69,29 +77,6 @@ def standardize(x: Any) -> Any:
     return x / xp.maximum(x.std(axis=axes, keepdims=True), 1e-3)
 
 
-def _tiled(kernel: Any, out_shape: tuple[int, ...], first: Any, *args: Any) -> Any:
-    """Run a kernel on this rank's tile; a rank whose tile of that layer is empty (a layer with
-    fewer rows than the process grid) gets an empty result of the right shape without a call."""
-    if 0 in out_shape:
-        return get_array_module(first).zeros(out_shape, dtype=first.dtype)
-    return kernel(first, *args)
-
-
-def _lc_fn(W: Any, tile: tuple[int, int, int, int], stride: int, B: int, F: int) -> Any:
-    """``fn(window, box)`` for :func:`windowed_apply`: the LC outputs of a sub-box of this rank's tile."""
-    def fn(xwin: Any, box: tuple[int, int, int, int]) -> Any:
-        Wb = W[box[0] - tile[0]:box[1] - tile[0], box[2] - tile[2]:box[3] - tile[2]]
-        return _tiled(K.lc_forward, (B, F, *box_shape(box)), xwin, Wb, stride)
-    return fn
-
-
-def _box_fn(kernel: Any, B: int, F: int, *args: Any) -> Any:
-    """``fn(window, box)`` for a weightless windowed kernel (pooling, LCN)."""
-    def fn(xwin: Any, box: tuple[int, int, int, int]) -> Any:
-        return _tiled(kernel, (B, F, *box_shape(box)), xwin, *args)
-    return fn
-
-
 def normalize_filters(W: Any) -> Any:
     """Project every neuron's filter (over c, ky, kx) to unit norm, in place. Keeps RICA from
     shrinking W1 to nothing while W2 grows (the sparsity term is not scale invariant)."""
@@ -99,19 +84,6 @@ def normalize_filters(W: Any) -> Any:
     norm = xp.sqrt((W * W).sum(axis=(3, 4, 5), keepdims=True))
     W /= xp.maximum(norm, 1e-12)
     return W
-
-
-@dataclass
-class StageCache:
-    """What the backward pass of one stage needs from its forward pass."""
-
-    a: DistArray
-    xw: Any
-    y: Any
-    yw: Any
-    p: Any
-    pw: Any
-    z: Any
 
 
 @dataclass
@@ -123,6 +95,12 @@ class Network:
     params: dict[str, Any]  # name -> tile (xp array)
     xp: Any = np
     w: World = field(default_factory=world)
+    stages: list[Stage] = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.cfg.rica
+        self.stages = [Stage(i, s, L, r.lam, r.eps, self.w)
+                       for i, (s, L) in enumerate(zip(self.cfg.stages, self.layout.stages))]
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -131,15 +109,18 @@ class Network:
         w = w or world()
         layout = layout or Layout.build(cfg, w)
         params = {}
-        for i, st in enumerate(layout.stages):
-            tile = st.part_f.tile(w.rank)
-            for which in ("W1", "W2"):
-                params[f"stage{i}.{which}"] = xp.asarray(init_tile(cfg, i, which, tile, seed, dtype))
+        for name in param_names(cfg):
+            stage, which = _split(name)
+            tile = layout.stages[stage].part_f.tile(w.rank)
+            params[name] = xp.asarray(init_tile(cfg, stage, which, tile, seed, dtype))
         return cls(cfg, layout, params, xp, w)
 
     def weight_tile(self, name: str) -> tuple[int, int, int, int]:
-        stage = int(name.split(".")[0][len("stage"):])
-        return self.layout.stages[stage].part_f.tile(self.w.rank)
+        return self.layout.stages[_split(name)[0]].part_f.tile(self.w.rank)
+
+    def decoder(self, i: int) -> Any:
+        """Stage i's decoding weights: W2, or W1 itself when the config ties them."""
+        return self.params[f"stage{i}.W1" if self.cfg.rica.tied else f"stage{i}.W2"]
 
     @property
     def dtype(self) -> Any:
@@ -156,16 +137,8 @@ class Network:
 
     # ---- forward ------------------------------------------------------------------------------
     def stage_forward(self, i: int, a: DistArray) -> StageCache:
-        s, L, r = self.cfg.stages[i], self.layout.stages[i], self.w.rank
-        B, F = a.data.shape[0], s.maps
-        # each sublayer: post its halo, compute the tile's interior meanwhile, then the boundary
-        y, xw = windowed_apply(a, L.plan_in, L.part_f.tile(r), s.filter, s.stride,
-                               _lc_fn(self.params[f"stage{i}.W1"], L.part_f.tile(r), s.stride, B, F))
-        p, yw = windowed_apply(DistArray(y, L.part_f, self.w), L.plan_f, L.part_p.tile(r), s.pool, s.pool_stride,
-                               _box_fn(K.l2pool_forward, B, F, s.pool, s.pool_stride, self.cfg.rica.eps))
-        z, pw = windowed_apply(DistArray(p, L.part_p, self.w), L.plan_p, L.part_n.tile(r), s.lcn, 1,
-                               _box_fn(K.lcn_forward, B, F, s.lcn, s.lcn_sigma, s.lcn_eps))
-        return StageCache(a, xw, y, yw, p, pw, z)
+        with TIMER.scope(f"stage{i}/fwd"):
+            return self.stages[i].forward(a, self.params[f"stage{i}.W1"])
 
     def forward(self, images: Any, upto: int | None = None) -> list[StageCache]:
         """All stages (or the first ``upto``), keeping what backward needs."""
@@ -191,33 +164,10 @@ class Network:
         ``dz`` is the gradient of later stages' losses with respect to this stage's LCN output
         (joint fine-tuning); its contribution flows into W1 and into the input gradient.
         """
-        xp, s, L = self.xp, self.cfg.stages[i], self.layout.stages[i]
-        tied = self.cfg.rica.tied
-        W1 = self.params[f"stage{i}.W1"]
-        W2 = W1 if tied else self.params[f"stage{i}.W2"]  # tied: the decoder is the encoder's transpose
-        B = c.y.shape[0]
-        lam, inv_b = self.cfg.rica.lam, 1.0 / B
-        # reconstruction  xhat = W2 y  (transposed connectivity), summed into the input's owners
-        xhat = scatter_add(_tiled(K.lc_backward_data, c.xw.shape, c.y, W2, s.stride, c.xw.shape), L.plan_in, self.w)
-        r = xhat - c.a.data  # (B, C, ty, tx) of the input partition
-        local = float((r * r).sum()) + lam * float(c.p.sum())
-        loss = self.w.allreduce_sum(local) * inv_b
-        g = r * (2.0 * inv_b)
-        tile_f = L.part_f.tile(self.w.rank)
-        dy, gw = windowed_apply(DistArray(g, L.part_in, self.w), L.plan_in, tile_f, s.filter, s.stride,
-                                _lc_fn(W2, tile_f, s.stride, B, s.maps))  # gw: (B, C, wy, wx)
-        dW2 = _tiled(K.lc_backward_weights, W2.shape, gw, c.y, s.stride, s.filter)
-        dp = xp.full(c.p.shape, lam * inv_b, dtype=c.p.dtype)
-        if dz is not None:
-            dpw = _tiled(K.lcn_backward, c.pw.shape, dz, c.pw, s.lcn, s.lcn_sigma, s.lcn_eps)
-            dp = dp + scatter_add(dpw, L.plan_p, self.w)
-        dyw = _tiled(K.l2pool_backward, c.yw.shape, dp, c.yw, c.p, s.pool, s.pool_stride)
-        dy = dy + scatter_add(dyw, L.plan_f, self.w)
-        dW1 = _tiled(K.lc_backward_weights, W1.shape, c.xw, dy, s.stride, s.filter)
-        da = None
-        if need_input_grad:
-            da = scatter_add(_tiled(K.lc_backward_data, c.xw.shape, dy, W1, s.stride, c.xw.shape), L.plan_in, self.w) - g
-        if tied:
+        with TIMER.scope(f"stage{i}/bwd"):
+            loss, dW1, dW2, da = self.stages[i].rica(c, self.params[f"stage{i}.W1"], self.decoder(i), dz,
+                                                     need_input_grad)
+        if self.cfg.rica.tied:
             return loss, {f"stage{i}.W1": dW1 + dW2}, da
         return loss, {f"stage{i}.W1": dW1, f"stage{i}.W2": dW2}, da
 
@@ -278,10 +228,7 @@ def load_checkpoint(path: Any, cfg: NetworkConfig | None = None, xp: Any = np, w
     cfg = cfg or ckpt.config_of(path)
     ckpt.check_compatible(path, cfg)
     layout = Layout.build(cfg, w)
-    wanted = {}
-    for i, st in enumerate(layout.stages):
-        for which in ("W1", "W2"):
-            wanted[f"stage{i}.{which}"] = st.part_f.tile(w.rank)
+    wanted = {n: layout.stages[_split(n)[0]].part_f.tile(w.rank) for n in param_names(cfg)}
     _, manifest = ckpt.read_manifest(path)
     if opt is not None:
         for n in list(wanted):
@@ -306,8 +253,7 @@ def gather_tiles(net: Network, tiles: dict[str, Any], root: int | None = 0) -> d
         return None
     out = {}
     for n in tiles:
-        stage = int(n.split(".")[0][len("stage"):])
-        shape = net.cfg.weight_shape(stage)
+        shape = net.cfg.weight_shape(_split(n)[0])
         full = np.zeros(shape, dtype=host[n].dtype)
         for h, b in allp:
             y0, y1, x0, x1 = b[n]
@@ -358,16 +304,12 @@ def unit_gradient(net: Network, x_std: Any, stage: int, sublayer: str, unit: tup
     value = net.w.allreduce_sum(value)
     grad, level = seed, sublayer
     for i in reversed(range(stage + 1)):
-        s, L, c = net.cfg.stages[i], net.layout.stages[i], caches[i]
+        st, c = net.stages[i], caches[i]
         if level == "lcn":
-            grad = scatter_add(_tiled(K.lcn_backward, c.pw.shape, grad, c.pw, s.lcn, s.lcn_sigma, s.lcn_eps),
-                               L.plan_p, net.w)
-            level = "pool"
+            grad, level = st.lcn.backward(grad, c.pw), "pool"
         if level == "pool":
-            grad = scatter_add(_tiled(K.l2pool_backward, c.yw.shape, grad, c.yw, c.p, s.pool, s.pool_stride),
-                               L.plan_f, net.w)
-        grad = scatter_add(_tiled(K.lc_backward_data, c.xw.shape, grad, net.params[f"stage{i}.W1"], s.stride,
-                                  c.xw.shape), L.plan_in, net.w)
+            grad = st.pool.backward(grad, c.yw, c.p)
+        grad, _ = st.filter.backward(grad, c.xw, net.params[f"stage{i}.W1"], need_weight_grad=False)
         level = "lcn"
     full = gather(DistArray(grad, net.layout.stages[0].part_in, net.w), root=None)
     return value, xp.asarray(full)

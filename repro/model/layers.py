@@ -1,0 +1,207 @@
+"""The three sublayers of a stage and the stage itself, each with the same face.
+
+Every sublayer maps one distributed activation to the next over its own halo plan:
+``forward(input DistArray, ...) -> (output tile, input window)`` and
+``backward(d output tile, input window, ...) -> (d input tile, d weights)``. The window is the
+part of the input this rank's output tile reads (its own tile plus the halo); the backward pass
+returns window-shaped gradients to their owners with :func:`~repro.engine.distarray.scatter_add`.
+The distributed part is only *how the input window is fetched*; the maths is the kernels'.
+
+Shapes (one rank; ``B`` images, ``C`` input maps, ``F`` maps per location):
+    LocalFilter   x (B, C, Hin, Win) -> y (B, F, Hf, Wf)   W (Hf, Wf, F, C, k, k), one GEMM per location
+    L2Pool        y (B, F, Hf, Wf)   -> p (B, F, Hp, Wp)   p = sqrt(eps + sum over a window of y^2)
+    LCN           p (B, F, Hp, Wp)   -> z (B, F, Hn, Wn)   valid local contrast normalisation
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from repro.engine import kernels as K
+from repro.engine.backend import get_array_module
+from repro.engine.comm import World
+from repro.engine.distarray import DistArray, HaloPlan, scatter_add, windowed_apply
+from repro.engine.partition import Box, Partition, box_shape
+from repro.engine.timing import timed
+from repro.model.config import StageConfig
+from repro.model.layout import StageLayout
+
+
+def _tiled(kernel: Any, out_shape: tuple[int, ...], first: Any, *args: Any) -> Any:
+    """Run a kernel on this rank's (sub)tile; an empty tile (a layer with fewer rows than the
+    process grid) gets an empty result of the right shape without a call."""
+    if 0 in out_shape:
+        return get_array_module(first).zeros(out_shape, dtype=first.dtype)
+    return kernel(first, *args)
+
+
+def _sub(W: Any, box: Box, tile: Box) -> Any:
+    """The weights of the output locations ``box`` (global) from this rank's tile ``tile``."""
+    return W[box[0] - tile[0]:box[1] - tile[0], box[2] - tile[2]:box[3] - tile[2]]
+
+
+@dataclass
+class _Sublayer:
+    """What every sublayer knows: its input and output partitions, the halo plan, the window rule."""
+
+    part_in: Partition
+    part_out: Partition
+    plan: HaloPlan
+    kernel: int
+    stride: int
+    w: World
+
+    @property
+    def tile(self) -> Box:
+        return self.part_out.tile(self.w.rank)
+
+    def _out_shape(self, B: int, F: int, box: Box | None = None) -> tuple[int, int, int, int]:
+        return (B, F, *box_shape(self.tile if box is None else box))
+
+
+@dataclass
+class LocalFilter(_Sublayer):
+    """Locally connected filtering (untied weights): ``y = W^T x``, the F maps of a location share a window."""
+
+    maps: int = 8
+
+    def forward(self, a: DistArray, W: Any) -> tuple[Any, Any]:
+        """(y tile, input window). The tile's interior is computed while its halo is in flight."""
+        B, tile = a.data.shape[0], self.tile
+
+        def fn(xwin: Any, box: Box) -> Any:
+            return _tiled(K.lc_forward, self._out_shape(B, self.maps, box), xwin, _sub(W, box, tile), self.stride)
+
+        with timed("LC forward"):
+            return windowed_apply(a, self.plan, tile, self.kernel, self.stride, fn)
+
+    def backward(self, dy: Any, xw: Any, W: Any, need_input_grad: bool = True, need_weight_grad: bool = True
+                 ) -> tuple[Any, Any]:
+        """(d input tile or None, dW or None) from d output tile."""
+        dW = dx = None
+        if need_weight_grad:
+            with timed("LC backward-weights"):
+                dW = _tiled(K.lc_backward_weights, W.shape, xw, dy, self.stride, self.kernel)
+        if need_input_grad:
+            with timed("LC backward-data"):
+                dxw = _tiled(K.lc_backward_data, xw.shape, dy, W, self.stride, xw.shape)
+            dx = scatter_add(dxw, self.plan, self.w)
+        return dx, dW
+
+    def transpose(self, y: Any, W: Any, window_shape: tuple[int, ...]) -> Any:
+        """The transposed connectivity ``W y`` (the RICA decoder): summed into the input's owners."""
+        with timed("decoder W2 y"):
+            xw = _tiled(K.lc_backward_data, window_shape, y, W, self.stride, window_shape)
+        return scatter_add(xw, self.plan, self.w)
+
+    def transpose_backward(self, g: DistArray, y: Any, W: Any) -> tuple[Any, Any]:
+        """Gradients of ``<g, W y>``: (d y tile, d W). ``g`` lives on the input partition."""
+        B, tile = y.shape[0], self.tile
+
+        def fn(gwin: Any, box: Box) -> Any:
+            return _tiled(K.lc_forward, self._out_shape(B, self.maps, box), gwin, _sub(W, box, tile), self.stride)
+
+        with timed("decoder backward"):
+            dy, gw = windowed_apply(g, self.plan, tile, self.kernel, self.stride, fn)
+        with timed("decoder backward-weights"):
+            dW = _tiled(K.lc_backward_weights, W.shape, gw, y, self.stride, self.kernel)
+        return dy, dW
+
+
+@dataclass
+class L2Pool(_Sublayer):
+    """L2 pooling with fixed uniform weights ``H``: ``p = sqrt(eps + H y^2)`` per map."""
+
+    eps: float = 1e-2
+
+    def forward(self, y: DistArray) -> tuple[Any, Any]:
+        B, F = y.data.shape[:2]
+
+        def fn(ywin: Any, box: Box) -> Any:
+            return _tiled(K.l2pool_forward, self._out_shape(B, F, box), ywin, self.kernel, self.stride, self.eps)
+
+        with timed("L2 pool forward"):
+            return windowed_apply(y, self.plan, self.tile, self.kernel, self.stride, fn)
+
+    def backward(self, dp: Any, yw: Any, p: Any) -> Any:
+        with timed("L2 pool backward"):
+            dyw = _tiled(K.l2pool_backward, yw.shape, dp, yw, p, self.kernel, self.stride)
+        return scatter_add(dyw, self.plan, self.w)
+
+
+@dataclass
+class LCN(_Sublayer):
+    """Valid local contrast normalisation over a Gaussian neighbourhood across all maps."""
+
+    sigma: float = 1.0
+    eps: float = 1e-2
+
+    def forward(self, p: DistArray) -> tuple[Any, Any]:
+        B, F = p.data.shape[:2]
+
+        def fn(pwin: Any, box: Box) -> Any:
+            return _tiled(K.lcn_forward, self._out_shape(B, F, box), pwin, self.kernel, self.sigma, self.eps)
+
+        with timed("LCN forward"):
+            return windowed_apply(p, self.plan, self.tile, self.kernel, 1, fn)
+
+    def backward(self, dz: Any, pw: Any) -> Any:
+        with timed("LCN backward"):
+            dpw = _tiled(K.lcn_backward, pw.shape, dz, pw, self.kernel, self.sigma, self.eps)
+        return scatter_add(dpw, self.plan, self.w)
+
+
+@dataclass
+class StageCache:
+    """What the backward pass of one stage needs from its forward pass."""
+
+    a: DistArray  # input
+    xw: Any  # input window of the filter tile
+    y: Any  # filter output tile
+    yw: Any  # filter-output window of the pooling tile
+    p: Any  # pooling output tile
+    pw: Any  # pooling-output window of the LCN tile
+    z: Any  # LCN output tile
+
+
+class Stage:
+    """Filtering -> L2 pooling -> LCN, and the stage's RICA objective."""
+
+    def __init__(self, index: int, cfg: StageConfig, layout: StageLayout, lam: float, eps: float, w: World) -> None:
+        self.index, self.cfg, self.layout, self.lam, self.w = index, cfg, layout, lam, w
+        L = layout
+        self.filter = LocalFilter(L.part_in, L.part_f, L.plan_in, cfg.filter, cfg.stride, w, cfg.maps)
+        self.pool = L2Pool(L.part_f, L.part_p, L.plan_f, cfg.pool, cfg.pool_stride, w, eps)
+        self.lcn = LCN(L.part_p, L.part_n, L.plan_p, cfg.lcn, 1, w, cfg.lcn_sigma, cfg.lcn_eps)
+
+    def forward(self, a: DistArray, W1: Any) -> StageCache:
+        y, xw = self.filter.forward(a, W1)
+        p, yw = self.pool.forward(DistArray(y, self.layout.part_f, self.w))
+        z, pw = self.lcn.forward(DistArray(p, self.layout.part_p, self.w))
+        return StageCache(a, xw, y, yw, p, pw, z)
+
+    def rica(self, c: StageCache, W1: Any, W2: Any, dz: Any = None, need_input_grad: bool = False
+             ) -> tuple[float, Any, Any, Any]:
+        """RICA loss (summed over ranks, mean over images), dW1, dW2 and optionally d loss / d input.
+
+            R = ( ||W2 y - x||^2 + lambda * sum p ) / B,   y = W1^T x,  p = sqrt(eps + H y^2)
+
+        ``dz``: gradient of later stages' losses with respect to this stage's LCN output (joint
+        fine-tuning); it flows back through LCN and pooling into W1 and the input.
+        """
+        xp = get_array_module(c.y)
+        B = c.y.shape[0]
+        inv_b = 1.0 / B
+        r = self.filter.transpose(c.y, W2, c.xw.shape) - c.a.data  # residual on the input's tile
+        with timed("loss all-reduce"):
+            loss = self.w.allreduce_sum(float((r * r).sum()) + self.lam * float(c.p.sum())) * inv_b
+        g = r * (2.0 * inv_b)  # d loss / d reconstruction
+        dy, dW2 = self.filter.transpose_backward(DistArray(g, self.layout.part_in, self.w), c.y, W2)
+        dp = xp.full(c.p.shape, self.lam * inv_b, dtype=c.p.dtype)
+        if dz is not None:
+            dp = dp + self.lcn.backward(dz, c.pw)
+        dy = dy + self.pool.backward(dp, c.yw, c.p)
+        da, dW1 = self.filter.backward(dy, c.xw, W1, need_input_grad)
+        if da is not None:
+            da = da - g  # the reconstruction target x is the input too
+        return loss, dW1, dW2, da
