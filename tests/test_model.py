@@ -158,3 +158,15 @@ def test_decoder_normalisation():
     apply_update(net, Optimizer("sgd", 0.01), g)
     W2 = net.params["stage0.W2"]
     np.testing.assert_allclose(np.sqrt((W2 ** 2).sum(axis=(3, 4, 5))), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_normalize_filters_in_place(contiguous):
+    from repro.model.network import normalize_filters
+
+    W = np.random.default_rng(0).standard_normal((3, 4, 2, 2, 3, 3))
+    if not contiguous:
+        W = np.asfortranarray(W)
+    out = normalize_filters(W)
+    assert out is W
+    np.testing.assert_allclose(np.sqrt((W ** 2).sum(axis=(3, 4, 5))), 1.0)

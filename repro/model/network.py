@@ -81,8 +81,12 @@ def normalize_filters(W: Any) -> Any:
     """Project every neuron's filter (over c, ky, kx) to unit norm, in place. Keeps RICA from
     shrinking W1 to nothing while W2 grows (the sparsity term is not scale invariant)."""
     xp = get_array_module(W)
-    norm = xp.sqrt((W * W).sum(axis=(3, 4, 5), keepdims=True))
-    W /= xp.maximum(norm, 1e-12)
+    if not W.flags.c_contiguous:  # a reshape would copy: normalise through broadcasting instead
+        W /= xp.maximum(xp.sqrt((W * W).sum(axis=(3, 4, 5), keepdims=True)), 1e-12)
+        return W
+    flat = W.reshape(W.shape[0] * W.shape[1] * W.shape[2], -1)  # one row per neuron (a view)
+    norm = xp.sqrt(xp.einsum("ij,ij->i", flat, flat))[:, None]
+    flat /= xp.maximum(norm, 1e-12)
     return W
 
 
