@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from repro.engine.backend import gpu_available
 from repro.model.config import load_config
 from repro.model.memory import estimate, flops_per_update, human
 
@@ -18,7 +19,8 @@ from repro.model.memory import estimate, flops_per_update, human
 @click.option("--ranks", default=1, show_default=True, type=click.IntRange(1), help="MPI ranks to plan for.")
 @click.option("--batch", default=None, type=click.IntRange(1), help="Minibatch size (default: the config's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def info(config_name: str, ranks: int, batch: int | None, json_out: str | None) -> None:
+@click.pass_context
+def info(ctx: click.Context, config_name: str, ranks: int, batch: int | None, json_out: str | None) -> None:
     """Layers, parameter counts, and per-rank bytes of parameters, optimizer state, activations and halos."""
     cfg = load_config(config_name)
     batch = batch or cfg.train.batch
@@ -40,8 +42,10 @@ def info(config_name: str, ranks: int, batch: int | None, json_out: str | None) 
               f"{total:,} (+{total:,} decoding W2)")
     con.print(t)
 
-    mem = estimate(cfg, ranks, batch)
-    m = Table(title=f"per rank, {ranks} rank(s), batch {batch}, float32, one fine-tuning update")
+    gpu = ctx.obj.device == "gpu" or (ctx.obj.device == "auto" and gpu_available())
+    mem = estimate(cfg, ranks, batch, gpu=gpu)
+    m = Table(title=f"per rank, {ranks} rank(s), batch {batch}, float32, one fine-tuning update, "
+                    f"{'GPU' if gpu else 'CPU'} kernels")
     for col in ("rank", "tile", "params", "grads", "optim", "activ.", "halos", "work", "total"):
         m.add_column(col, justify="right")
     shown = mem if ranks <= 16 else [max(mem, key=lambda r: r.total), min(mem, key=lambda r: r.total)]
@@ -57,7 +61,7 @@ def info(config_name: str, ranks: int, batch: int | None, json_out: str | None) 
     gf = flops_per_update(cfg, batch)
     con.print(f"LC work per fine-tuning update: {gf / 1e9:,.1f} GFLOP ({gf / 1e9 / ranks:,.1f} per rank)")
     if json_out:
-        out = {"config": cfg.name, "ranks": ranks, "batch": batch, "parameters_W1": total, "layers": layers,
+        out = {"config": cfg.name, "ranks": ranks, "batch": batch, "device": "gpu" if gpu else "cpu", "parameters_W1": total, "layers": layers,
                "flops_per_update": gf, "per_rank": [r.as_dict() for r in mem]}
         p = Path(json_out)
         tmp = p.with_name(p.name + ".tmp")

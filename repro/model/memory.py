@@ -8,12 +8,11 @@ Counted for the joint fine-tuning update (the largest of the training steps), in
                     and its pooling window, pooling output and its LCN window, LCN output
     halos           the parts of those windows received from other ranks (inside activations too,
                     listed apart because they are what crosses the network)
-    workspace       the largest temporaries of one kernel call: the gathered columns of the
-                    locally connected GEMMs (locations x C*k*k x batch), which the kernels cut
-                    into chunks of at most 256 MiB (GPU; 3 MiB per thread on CPUs), plus the
-                    batch-last copies of a kernel's input window and output (3 window-sized
-                    arrays). Counting the whole column buffer, as a first version did, put
-                    24 GiB of workspace on one rank of le2012 that no kernel ever allocates.
+    workspace       the largest temporaries of one kernel call beyond its inputs and outputs, as
+                    the kernels themselves state it (``repro.engine.kernels.lc_workspace_bytes``):
+                    on GPUs one chunk of gathered columns (at most 256 MiB); on CPUs per-thread
+                    chunks plus the batch-last copy of the input window and per-thread
+                    backward-data accumulators
 """
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 from repro.engine.comm import World
 from repro.engine.distarray import HaloPlan
+from repro.engine.kernels import lc_workspace_bytes
 from repro.engine.partition import box_shape
 from repro.model.config import NetworkConfig
 from repro.model.layout import Layout
@@ -63,11 +63,6 @@ class _FakeWorld(World):
         return self._size
 
 
-# The LC kernels' bound on one call's gathered columns (repro.engine.kernels.lc: _GPU_CHUNK_BYTES;
-# the CPU bound, 3 MiB per thread, is smaller on any machine with fewer than 85 threads).
-_CHUNK_BYTES = 1 << 28
-
-
 def _area(box: tuple[int, int, int, int]) -> int:
     h, w = box_shape(box)
     return h * w
@@ -77,8 +72,12 @@ def _recv_area(plan: HaloPlan) -> int:
     return sum(_area(p.box) for p in plan.recvs)
 
 
-def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4) -> list[RankMemory]:
-    """Per-rank memory of one fine-tuning update on ``ranks`` ranks with minibatch ``batch``."""
+def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4, gpu: bool = False) -> list[RankMemory]:
+    """Per-rank memory of one fine-tuning update on ``ranks`` ranks with minibatch ``batch``.
+
+    ``gpu`` picks the kernels' GPU workspace rule (chunks of columns bounded in bytes) instead of
+    the CPU one (per-thread chunks and accumulators); see ``lc_workspace_bytes``.
+    """
     out = []
     for r in range(ranks):
         lay = Layout.build(cfg, _FakeWorld(r, ranks))
@@ -87,13 +86,15 @@ def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4) -> l
             C, F = cfg.stage_channels(i), s.maps
             locs = _area(L.part_f.tile(r))
             K = C * s.filter * s.filter
-            params += 2 * locs * F * K
+            params += (1 if cfg.rica.tied else 2) * locs * F * K
             acts += batch * (C * (_area(L.part_in.tile(r)) + _area(L.plan_in.window))
                              + F * (_area(L.part_f.tile(r)) + _area(L.plan_f.window) + _area(L.part_p.tile(r))
                                     + _area(L.plan_p.window) + _area(L.part_n.tile(r))))
             halos += batch * (C * _recv_area(L.plan_in) + F * (_recv_area(L.plan_f) + _recv_area(L.plan_p)))
-            win = max(C * _area(L.plan_in.window), F * _area(L.plan_f.window))
-            work = max(work, min(locs * K * batch, _CHUNK_BYTES // itemsize) + 3 * batch * win)
+            fy, fx = box_shape(L.part_f.tile(r))
+            if fy and fx:
+                shape = (fy, fx, F, C, s.filter, s.filter)
+                work = max(work, lc_workspace_bytes(batch, shape, itemsize, gpu, s.stride) // itemsize)
         out.append(RankMemory(r, lay.stages[0].part_f.tile(r), params * itemsize, params * itemsize,
                               params * itemsize, acts * itemsize, halos * itemsize, work * itemsize))
     return out
