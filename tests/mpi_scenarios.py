@@ -58,6 +58,29 @@ def scenario_distarray() -> dict[str, np.ndarray]:
     return {"fetch_ok": np.array([f for f, _ in flags]), "adjoint_ok": np.array([a for _, a in flags])}
 
 
+def scenario_distarray_gpu() -> dict[str, np.ndarray]:
+    """fetch and scatter_add with CuPy tiles (device buffers to MPI, or staged through the host)."""
+    import cupy as cp
+
+    w = world()
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((2, 3, 13, 11)).astype(np.float32)
+    grid = ProcGrid.for_ranks(w.size, (13, 11))
+    src, out = Partition((13, 11), grid), Partition((5, 4), grid)
+    plan = HaloPlan(src, out.windows(4, 2), w.rank)
+    y0, y1, x0, x1 = src.tile(w.rank)
+    got = DistArray(cp.asarray(G[:, :, y0:y1, x0:x1]), src, w).fetch(plan)
+    win = plan.window
+    ok_fetch = np.array_equal(got.get(), G[:, :, win[0]:win[1], win[2]:win[3]])
+    back = scatter_add(cp.asarray(G[:, :, win[0]:win[1], win[2]:win[3]]), plan, w).get()
+    cover = np.zeros((13, 11), np.float32)
+    for b in out.windows(4, 2):
+        cover[b[0]:b[1], b[2]:b[3]] += 1
+    ok_adj = np.allclose(back, (G * cover)[:, :, y0:y1, x0:x1], rtol=1e-6, atol=1e-6)
+    flags = w.comm.allgather((ok_fetch, ok_adj))
+    return {"fetch_ok": np.array([f for f, _ in flags]), "adjoint_ok": np.array([a for _, a in flags])}
+
+
 def scenario_network() -> dict[str, np.ndarray]:
     """Forward, layer-wise and joint losses/gradients, and a few training steps."""
     w = world()
@@ -131,7 +154,7 @@ def scenario_fail(which_rank: str) -> dict[str, np.ndarray]:
     return {}
 
 
-SCENARIOS = {"distarray": scenario_distarray, "network": scenario_network,
+SCENARIOS = {"distarray": scenario_distarray, "distarray-gpu": scenario_distarray_gpu, "network": scenario_network,
              "checkpoint-write": scenario_checkpoint_write, "checkpoint-read": scenario_checkpoint_read,
              "fail": scenario_fail}
 

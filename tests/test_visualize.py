@@ -2,6 +2,8 @@
 (1 rank and 2 ranks give the same numbers) and one-line bad-input errors."""
 from __future__ import annotations
 
+import math
+
 import json
 import shutil
 from pathlib import Path
@@ -36,8 +38,9 @@ def _one_line_error(r, *words: str) -> None:
 def test_ascent_beats_best_image_on_unit_sphere() -> None:
     cfg = load_config("mini")
     net = Network.create(cfg, seed=3)
-    neuron = vis.make_neuron(cfg, 1, "pool", 5 * 14 * 14 + 7 * 14 + 6)
-    assert neuron.unit == (5, 7, 6)
+    h, w = cfg.stage_shapes()[1]["pool"]
+    neuron = vis.make_neuron(cfg, 1, "pool", 5 * h * w + (h // 2) * w + w // 2)
+    assert neuron.unit == (5, h // 2, w // 2)
     rng = np.random.default_rng(0)
     images = rng.random((6, 1, 32, 32)).astype(np.float32)
     acts = vis.neuron_responses(net, images, neuron)
@@ -59,7 +62,7 @@ def test_top_k_order_and_neuron_checks() -> None:
     from repro.errors import ReproError
 
     with pytest.raises(ReproError, match="outside"):
-        vis.make_neuron(cfg, 2, "pool", 8 * 5 * 5)
+        vis.make_neuron(cfg, 2, "pool", 8 * math.prod(cfg.stage_shapes()[2]["pool"]))
     with pytest.raises(ReproError, match="stages 0..2"):
         vis.make_neuron(cfg, 3, "pool", 0)
 

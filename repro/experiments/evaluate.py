@@ -401,7 +401,10 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
         progress.update(task, advance=1, description="features: random network")
 
         rnet = Network.create(cfg, seed=opt.seed, xp=session.xp, w=w)
-        rbest = best_neuron(features(rnet, ts, opt.stage, opt.sublayer, opt.batch), y)
+        RF = features(rnet, ts, opt.stage, opt.sublayer, opt.batch)
+        rbest = best_neuron(RF, y)
+        rbest["held_out"] = held_out(RF, y, opt.seed)["accuracy"]  # the fair comparison with held_out
+        del RF
         del rnet
         progress.update(task, advance=1, description="one-layer network")
 
@@ -463,6 +466,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, float | None, float | Non
         (f"best neuron (layer {r['best_neuron']['layer']}, {r['best_neuron']['sublayer']})",
          r["best_neuron"]["accuracy"], le.get("best_neuron"), co.get("best_neuron")),
         ("best neuron, held out (chosen on one half, measured on the other)", r["held_out"]["accuracy"], None, None),
+        ("random network, held out (the same split)", b["random_network"].get("held_out"), None, None),
     ]
 
 
