@@ -39,7 +39,7 @@ def info(ctx: click.Context, config_name: str, ranks: int, batch: int | None, js
             layers.append({"stage": i, "sublayer": name, "maps": s.maps, "height": h, "width": w, "parameters": params})
     total = sum(cfg.parameter_counts())
     t.add_row("", "total", f"input {cfg.channels} x {cfg.input_size[0]} x {cfg.input_size[1]}", "",
-              f"{total:,} (+{total:,} decoding W2)")
+              f"{total:,} " + ("(decoder tied: W1 transposed)" if cfg.rica.tied else f"(+{total:,} decoding W2)"))
     con.print(t)
 
     gpu = ctx.obj.device == "gpu" or (ctx.obj.device == "auto" and gpu_available())
