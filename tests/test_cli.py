@@ -78,7 +78,8 @@ def test_info_plans_memory(tmp_path):
     assert d["parameters_W1"] == 1_144_863_072
     assert len(d["per_rank"]) == 4
     total_params = sum(r["parameters"] for r in d["per_rank"])
-    assert total_params == 2 * 4 * d["parameters_W1"]  # W1 + W2, float32, split without overlap
+    weight_sets = 1 if load_config("le2012").rica.tied else 2  # W1 (+ W2 unless tied)
+    assert total_params == weight_sets * 4 * d["parameters_W1"]  # float32, split without overlap
 
 
 def one_line_error(result):
