@@ -392,3 +392,20 @@ def test_lc_workspace_le2012_gpu_is_bounded():
     full = 158 * 158 * 8 * 18 * 18 * 100 * 4
     assert full > 25e9
     assert lc.lc_workspace_bytes(100, W_shape, 4, gpu=True) <= lc._GPU_CHUNK_BYTES * (1 + 8 / 2592) + 1
+
+
+def test_kernels_leave_the_blas_thread_count_alone():
+    """The pool runs its GEMMs on one BLAS thread each; the process's BLAS must keep its own count."""
+    from repro.engine.kernels._parallel import _blas_fns
+
+    fns = _blas_fns()
+    if not fns:
+        pytest.skip("not NumPy's OpenBLAS")
+    before = fns[0]()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 20, 20)).astype(np.float32)
+    W = rng.standard_normal((5, 5, 3, 2, 8, 8)).astype(np.float32)
+    y = lc_forward(x, W, 3)
+    lc_backward_data(y, W, 3, x.shape)
+    lc_backward_weights(x, y, 3, 8)
+    assert fns[0]() == before
