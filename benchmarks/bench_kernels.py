@@ -12,7 +12,8 @@ GPU stream synchronised before the clock is read. A benchmark, not a test: it as
 Timings: after one warm-up of each, the kernels of a shape are timed round-robin (dense GEMM,
 forward, ..., dense GEMM, forward, ...) and each keeps its best of --repeats, so a burst of load
 from other processes hits the kernels and their dense-GEMM yardstick alike (on a shared machine
-compare the ratios, not the milliseconds).
+compare the ratios, not the milliseconds). Each timed call starts after a short pause, so the
+dense GEMM's spinning OpenBLAS threads do not slow the kernel timed after it.
 
 The "stage" rows time one stage's forward+backward as the model runs it (LC forward, L2 pool 5
 stride 1, LCN 5 forward; LCN, pool backward; LC backward-data and backward-weights) and report
@@ -53,6 +54,9 @@ SHAPES = {
     "coates-like": (100, 8, 48, 16, 4, 64),
 }
 POOL, POOL_STRIDE, LCN, LCN_SIGMA, EPS = 5, 1, 5, 1.0, 1e-2  # Le et al. 2012 (configs/le2012.toml)
+# Pause before each timed call: after a multithreaded GEMM, OpenBLAS's worker threads busy-wait
+# for a while (about 2^28 cycles by default) and would steal the cores of whatever runs next.
+SETTLE_S = 0.2
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "REPRO_KERNEL_THREADS")
 
 
@@ -64,6 +68,7 @@ def best_times(fns: dict[str, Callable[[], Any]], sync: Callable[[], None], repe
     best = {key: float("inf") for key in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             fn()
             sync()
