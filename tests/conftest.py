@@ -43,3 +43,22 @@ def gpu_available() -> bool:
 
 
 requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a GPU")
+
+
+def invoke(*args):
+    """``repro --device cpu ARGS`` through Click's runner, in this process."""
+    from click.testing import CliRunner
+
+    from repro.cli import cli
+
+    return CliRunner().invoke(cli, ["--device", "cpu", *map(str, args)], catch_exceptions=False)
+
+
+def one_line_error(result, *words: str) -> str:
+    """Bad input: exit code not 0 and exactly one ``Error:`` line (no traceback) naming ``words``."""
+    assert result.exit_code != 0
+    text = result.output.strip()
+    assert text.startswith("Error:") and "\n" not in text and "Traceback" not in text, text
+    for w in words:
+        assert w in text, text
+    return text

@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_mpi
+from conftest import invoke, one_line_error, run_mpi
 from repro.cli import cli
 from repro.model.config import load_config
 from repro.model.network import param_names
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, ["--device", "cpu", *map(str, args)], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +76,6 @@ def test_info_plans_memory(tmp_path):
     total_params = sum(r["parameters"] for r in d["per_rank"])
     weight_sets = 1 if load_config("le2012").rica.tied else 2  # W1 (+ W2 unless tied)
     assert total_params == weight_sets * 4 * d["parameters_W1"]  # float32, split without overlap
-
-
-def one_line_error(result):
-    assert result.exit_code != 0
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
-    return lines[0]
 
 
 def test_unknown_config_is_one_line(tmp_path):

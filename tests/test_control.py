@@ -6,21 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-
-def _invoke(args: list[str]):
-    from repro.cli import cli
-
-    return CliRunner().invoke(cli, ["--device", "cpu", *args])
-
-
-def _one_line_error(r, *words: str) -> None:
-    assert r.exit_code != 0
-    text = r.output.strip()
-    assert text.startswith("Error:") and "\n" not in text and "Traceback" not in text, text
-    for w in words:
-        assert w in text, text
+from conftest import invoke, one_line_error, run_mpi
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +23,8 @@ def small_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     idx = np.arange(240)
     recs = [{k: v for k, v in src.records[i].items() if k not in ("shard", "offset", "sha256")} for i in idx]
     write_store(small, src.images(idx), recs, "small", "train", {})
-    r = _invoke(["train", "--out", str(run), "--root", str(root), "--data", str(small), "--layer-steps", "3",
-                 "--batch", "16"])
+    r = invoke("train", "--out", str(run), "--root", str(root), "--data", str(small), "--layer-steps", "3",
+                 "--batch", "16")
     assert r.exit_code == 0, r.output
     return run, root, small
 
@@ -52,7 +39,7 @@ def test_control_end_to_end(small_run) -> None:
     from repro.data.store import open_store
 
     run, root, small = small_run
-    r = _invoke(_args(run, root, small))
+    r = invoke(*_args(run, root, small))
     assert r.exit_code == 0, r.output
     c = json.loads((run / "control.json").read_text())
     faces = detect(open_store(small).images(np.arange(240)))
@@ -75,7 +62,7 @@ def test_control_end_to_end(small_run) -> None:
     assert "81.7%" in md and "72.5%" in md and f"removed {f['removed']:,} of 240" in md
 
     # again: the filtered store and both evaluations are reused, the control run is already done
-    r = _invoke(_args(run, root, small))
+    r = invoke(*_args(run, root, small))
     assert r.exit_code == 0, r.output
     c2 = json.loads((run / "control.json").read_text())
     assert c2["face_filter"]["reused"] is True and c2["faces_removed"] == c["faces_removed"]
@@ -85,22 +72,21 @@ def test_control_bad_inputs(small_run, tmp_path) -> None:
     from repro.data.store import write_store
 
     run, root, small = small_run
-    _one_line_error(_invoke(_args(tmp_path / "nothing", root, small)), "no such checkpoint")
+    one_line_error(invoke(*_args(tmp_path / "nothing", root, small)), "no such checkpoint")
     imgs = np.zeros((4, 32, 32), np.uint8)
     write_store(tmp_path / "one", imgs, [{"label": 0, "source": f"x{i}"} for i in range(4)], "one", "test", {})
-    _one_line_error(_invoke(_args(run, root, small, "--test-data", str(tmp_path / "one"))), "no positives")
-    _one_line_error(_invoke(_args(run, root, small, "--concept", "cats")), "repro data prepare cat-heads")
-    _one_line_error(_invoke(_args(run, root, tmp_path / "missing")), "repro data prepare")
+    one_line_error(invoke(*_args(run, root, small, "--test-data", str(tmp_path / "one"))), "no positives")
+    one_line_error(invoke(*_args(run, root, small, "--concept", "cats")), "repro data prepare cat-heads")
+    one_line_error(invoke(*_args(run, root, tmp_path / "missing")), "repro data prepare")
 
 
 def test_control_two_ranks_same_numbers(small_run, tmp_path) -> None:
     import shutil
 
-    from conftest import run_mpi
 
     run, root, small = small_run
     if not (run / "control.json").exists():
-        assert _invoke(_args(run, root, small)).exit_code == 0
+        assert invoke(*_args(run, root, small)).exit_code == 0
     one = json.loads((run / "control.json").read_text())
     copy = tmp_path / "run2"
     copy.mkdir()

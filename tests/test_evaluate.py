@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from repro.experiments import evaluate as ev
 from repro.model.network import standardize
 
-from conftest import run_mpi
+from conftest import invoke, one_line_error, run_mpi
 
 
 # ---------------------------------------------------------------- pure functions vs slow loops
@@ -92,18 +91,12 @@ def _obj():
     return types.SimpleNamespace(device="cpu")
 
 
-def _invoke(args: list[str]):
-    from repro.cli import cli
-
-    return CliRunner().invoke(cli, ["--device", "cpu", *args])
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 3-steps-per-stage mini run and its data root (built once for this module)."""
     d = tmp_path_factory.mktemp("ev")
     root, run = d / "data", d / "run"
-    r = _invoke(["train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16"])
+    r = invoke("train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16")
     assert r.exit_code == 0, r.output
     return run, root
 
@@ -126,7 +119,7 @@ def _get(d: dict, key: str):
 
 def test_evaluate_end_to_end_one_and_two_ranks(tiny_run, tmp_path) -> None:
     run, root = tiny_run
-    r = _invoke(_eval_args(run, root))
+    r = invoke(*_eval_args(run, root))
     assert r.exit_code == 0, r.output
     res = json.loads((run / "evaluate-faces.json").read_text())
     for k in KEYS:
@@ -161,28 +154,20 @@ def test_evaluate_end_to_end_one_and_two_ranks(tiny_run, tmp_path) -> None:
         assert res2["baselines"][k]["index"] == res["baselines"][k]["index"], k
 
 
-def _one_line_error(r, *words: str) -> None:
-    assert r.exit_code != 0
-    text = r.output.strip()
-    assert text.startswith("Error:") and "\n" not in text and "Traceback" not in text, text
-    for w in words:
-        assert w in text, text
-
-
 def test_bad_inputs(tiny_run, tmp_path) -> None:
     from repro.data.store import write_store
 
     run, root = tiny_run
-    _one_line_error(_invoke(_eval_args(run, root, "--config", "le2012")), "does not match")
-    _one_line_error(_invoke(["evaluate", "--concept", "cats", "--checkpoint", str(run), "--root", str(root)]),
+    one_line_error(invoke(*_eval_args(run, root, "--config", "le2012")), "does not match")
+    one_line_error(invoke("evaluate", "--concept", "cats", "--checkpoint", str(run), "--root", str(root)),
                     "repro data prepare cat-heads")
-    _one_line_error(_invoke(_eval_args(tmp_path / "nothing", root)), "no such checkpoint")
+    one_line_error(invoke(*_eval_args(tmp_path / "nothing", root)), "no such checkpoint")
     imgs = np.zeros((4, 32, 32), np.uint8)
     write_store(tmp_path / "one", imgs, [{"label": 1, "source": f"x{i}"} for i in range(4)], "one", "test", {})
-    _one_line_error(_invoke(_eval_args(run, root, "--data", str(tmp_path / "one"))), "no negatives")
+    one_line_error(invoke(*_eval_args(run, root, "--data", str(tmp_path / "one"))), "no negatives")
     write_store(tmp_path / "unl", imgs, [{"label": -1, "source": f"x{i}"} for i in range(4)], "unl", "test", {})
-    _one_line_error(_invoke(_eval_args(run, root, "--data", str(tmp_path / "unl"))), "no labeled images")
+    one_line_error(invoke(*_eval_args(run, root, "--data", str(tmp_path / "unl"))), "no labeled images")
     write_store(tmp_path / "big", np.zeros((4, 40, 40), np.uint8),
                 [{"label": i % 2, "source": f"x{i}"} for i in range(4)], "big", "test", {})
-    _one_line_error(_invoke(_eval_args(run, root, "--data", str(tmp_path / "big"))), "40x40")
-    _one_line_error(_invoke(_eval_args(run, root, "--layer", "7")), "--layer 7")
+    one_line_error(invoke(*_eval_args(run, root, "--data", str(tmp_path / "big"))), "40x40")
+    one_line_error(invoke(*_eval_args(run, root, "--layer", "7")), "--layer 7")

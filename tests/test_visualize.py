@@ -10,28 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from repro.experiments import invariance as inv
 from repro.experiments import visualize as vis
 from repro.model.config import load_config
 from repro.model.network import Network, standardize
 
-from conftest import run_mpi
-
-
-def _invoke(args: list[str]):
-    from repro.cli import cli
-
-    return CliRunner().invoke(cli, ["--device", "cpu", *args])
-
-
-def _one_line_error(r, *words: str) -> None:
-    assert r.exit_code != 0
-    text = r.output.strip()
-    assert text.startswith("Error:") and "\n" not in text and "Traceback" not in text, text
-    for w in words:
-        assert w in text, text
+from conftest import invoke, one_line_error, run_mpi
 
 
 # ---------------------------------------------------------------- pieces
@@ -96,10 +81,10 @@ def evaluated_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 3-steps-per-stage mini run, evaluated on faces (small baselines)."""
     d = tmp_path_factory.mktemp("vis")
     root, run = d / "data", d / "run"
-    r = _invoke(["train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16"])
+    r = invoke("train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16")
     assert r.exit_code == 0, r.output
-    r = _invoke(["evaluate", "--concept", "faces", "--checkpoint", str(run), "--root", str(root),
-                 "--linear-filters", "64", "--one-layer-steps", "1"])
+    r = invoke("evaluate", "--concept", "faces", "--checkpoint", str(run), "--root", str(root),
+                 "--linear-filters", "64", "--one-layer-steps", "1")
     assert r.exit_code == 0, r.output
     return run, root
 
@@ -107,7 +92,7 @@ def evaluated_run(tmp_path_factory) -> tuple[Path, Path]:
 def test_best_neuron_and_invariance_one_and_two_ranks(evaluated_run, tmp_path) -> None:
     run, root = evaluated_run
     ev = json.loads((run / "evaluate-faces.json").read_text())
-    r = _invoke(["visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), "--iters", "8"])
+    r = invoke("visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), "--iters", "8")
     assert r.exit_code == 0, r.output
     b = json.loads((run / "visualize-best-neuron.json").read_text())
     assert b["neuron"]["index"] == ev["best_neuron"]["index"] and b["neuron"]["unit"] == ev["best_neuron"]["unit"]
@@ -120,7 +105,7 @@ def test_best_neuron_and_invariance_one_and_two_ranks(evaluated_run, tmp_path) -
     for f in ("best-neuron-top48.png", "best-neuron-stimulus.png"):
         assert (run / f).read_bytes()[:4] == b"\x89PNG"
 
-    r = _invoke(["visualize", "invariance", "--checkpoint", str(run), "--root", str(root)])
+    r = invoke("visualize", "invariance", "--checkpoint", str(run), "--root", str(root))
     assert r.exit_code == 0, r.output
     iv = json.loads((run / "invariance.json").read_text())
     assert len(iv["faces"]) == 10
@@ -160,7 +145,7 @@ def test_rotating_face_set_is_used_when_prepared(evaluated_run, tmp_path) -> Non
     imgs = (rng.random((len(recs), 32, 32)) * 255).astype(np.uint8)
     write_store(root / "prepared" / "rotating-faces" / "test", imgs, recs, "rotating-faces", "test", {})
     try:
-        r = _invoke(["visualize", "invariance", "--checkpoint", str(run), "--root", str(root), "--faces", "3"])
+        r = invoke("visualize", "invariance", "--checkpoint", str(run), "--root", str(root), "--faces", "3")
         assert r.exit_code == 0, r.output
         c = json.loads((run / "invariance.json").read_text())["curves"]["rotation_3d"]
         assert c["values"] == angles and c["count"] == [2] * 5
@@ -177,29 +162,29 @@ def test_bad_inputs(evaluated_run, tmp_path) -> None:
     run, root = evaluated_run
     bare = tmp_path / "bare"
     shutil.copytree(run / "checkpoints", bare / "checkpoints")
-    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root)]),
+    one_line_error(invoke("visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root)),
                     f"repro evaluate --concept faces --checkpoint {bare}")
-    _one_line_error(_invoke(["visualize", "invariance", "--checkpoint", str(bare), "--root", str(root)]),
+    one_line_error(invoke("visualize", "invariance", "--checkpoint", str(bare), "--root", str(root)),
                     "repro evaluate --concept faces")
-    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(run), "--config", "le2012",
-                             "--root", str(root)]), "does not match")
-    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(tmp_path / "none")]),
+    one_line_error(invoke("visualize", "best-neuron", "--checkpoint", str(run), "--config", "le2012",
+                             "--root", str(root)), "does not match")
+    one_line_error(invoke("visualize", "best-neuron", "--checkpoint", str(tmp_path / "none")),
                     "no such checkpoint")
     over = ["--layer", "2", "--sublayer", "pool", "--index"]
-    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root),
-                             *over, "999"]), "outside")
-    _one_line_error(_invoke(["visualize", "invariance", "--checkpoint", str(bare), "--root", str(root),
-                             "--concept", "cats", *over, "0"]), "repro data prepare cat-heads")
+    one_line_error(invoke("visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root),
+                             *over, "999"), "outside")
+    one_line_error(invoke("visualize", "invariance", "--checkpoint", str(bare), "--root", str(root),
+                             "--concept", "cats", *over, "0"), "repro data prepare cat-heads")
     imgs = np.zeros((4, 32, 32), np.uint8)
     write_store(tmp_path / "one", imgs, [{"label": 1, "source": f"x{i}"} for i in range(4)], "one", "test", {})
-    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root),
-                             "--data", str(tmp_path / "one")]), "no negatives")
+    one_line_error(invoke("visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root),
+                             "--data", str(tmp_path / "one")), "no negatives")
     write_store(tmp_path / "empty", np.zeros((0, 32, 32), np.uint8), [], "empty", "test", {})
-    _one_line_error(_invoke(["visualize", "invariance", "--checkpoint", str(run), "--root", str(root),
-                             "--data", str(tmp_path / "empty")]), "no labeled images")
+    one_line_error(invoke("visualize", "invariance", "--checkpoint", str(run), "--root", str(root),
+                             "--data", str(tmp_path / "empty")), "no labeled images")
     # an evaluation made on another config's checkpoint
     ev = json.loads((run / "evaluate-faces.json").read_text())
     ev["config"]["name"] = "other"
     (bare / "evaluate-faces.json").write_text(json.dumps(ev))
-    _one_line_error(_invoke(["visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root)]),
+    one_line_error(invoke("visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root)),
                     "config 'other'")

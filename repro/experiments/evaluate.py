@@ -241,12 +241,7 @@ class TestSet:
             which = "positives" if n_pos == 0 else "negatives"
             raise ReproError(f"{where}: the test set has no {which} ({len(self)} images of one class); "
                              "the test needs both")
-        shape = self.shape
-        h, w = shape[:2]
-        c = shape[2] if len(shape) == 3 else 1
-        if (h, w) != tuple(cfg.input_size) or c != cfg.channels:
-            raise ReproError(f"{where}: test images are {h}x{w}x{c}, the network ({cfg.name!r}) wants "
-                             f"{cfg.input_size[0]}x{cfg.input_size[1]}x{cfg.channels}")
+        cfg.check_image_shape(tuple(self.shape), where)
 
 
 def features(net: Network, ts: TestSet, stage: int, sublayer: str = "pool", batch: int = 256) -> np.ndarray:

@@ -93,21 +93,12 @@ def prefetch(store: Any, batch: int, seed: int, steps: range, depth: int = 3) ->
         stop.set()
 
 
-def _check_data(cfg: NetworkConfig, store: Any, where: str) -> None:
-    shape = tuple(store.shape)
-    h, w = shape[:2]
-    c = shape[2] if len(shape) == 3 else 1
-    if (h, w) != tuple(cfg.input_size) or c != cfg.channels:
-        raise ReproError(f"{where}: images are {h}x{w}x{c}, config {cfg.name!r} wants "
-                         f"{cfg.input_size[0]}x{cfg.input_size[1]}x{cfg.channels}")
-
-
 def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False, max_steps: int | None = None,
           console: Console | None = None, keep: int = 2) -> dict[str, Any]:
     """Run (or continue) the schedule; checkpoints in ``RUN/checkpoints`` (the newest ``keep``); returns the summary."""
     w, xp, t = session.w, session.xp, cfg.train
     console = console or Console(stderr=True)
-    _check_data(cfg, store, str(getattr(store, "path", "dataset")))
+    cfg.check_image_shape(tuple(store.shape), str(getattr(store, "path", "dataset")))
     ck_dir = session.run / "checkpoints"
     opt = Optimizer.from_config(t)
     start = 0

@@ -311,12 +311,7 @@ def test_set_name(ts: Any) -> str:
 
 def check_images(cfg: Any, store: Any) -> None:
     """The test images must have the network's input size and channels (else: another config's data)."""
-    shape = tuple(store.shape)
-    h, w = shape[:2]
-    c = shape[2] if len(shape) == 3 else 1
-    if (h, w) != tuple(cfg.input_size) or c != cfg.channels:
-        raise ReproError(f"{store.path}: images are {h}x{w}x{c}, the checkpoint's config {cfg.name!r} wants "
-                         f"{cfg.input_size[0]}x{cfg.input_size[1]}x{cfg.channels}")
+    cfg.check_image_shape(tuple(store.shape), str(store.path))
 
 
 def neuron_dict(neuron: Neuron) -> dict[str, Any]:

@@ -94,6 +94,14 @@ class NetworkConfig:
         d["input_size"] = list(self.input_size)
         return d
 
+    def check_image_shape(self, shape: tuple[int, ...], where: str) -> None:
+        """Stored images (H, W) or (H, W, C) must be this network's input: else another config's data."""
+        h, w = shape[:2]
+        c = shape[2] if len(shape) == 3 else 1
+        if (h, w) != tuple(self.input_size) or c != self.channels:
+            raise ReproError(f"{where}: images are {h}x{w}x{c}, config {self.name!r} wants "
+                             f"{self.input_size[0]}x{self.input_size[1]}x{self.channels}")
+
     def with_train(self, **kw: Any) -> "NetworkConfig":
         return replace(self, train=replace(self.train, **kw))
 
