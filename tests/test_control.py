@@ -83,7 +83,6 @@ def test_control_bad_inputs(small_run, tmp_path) -> None:
 def test_control_two_ranks_same_numbers(small_run, tmp_path) -> None:
     import shutil
 
-
     run, root, small = small_run
     if not (run / "control.json").exists():
         assert invoke(*_args(run, root, small)).exit_code == 0
