@@ -19,7 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -84,8 +84,7 @@ class Loader:
         srt = np.argsort(idx, kind="stable")
         raw = np.empty((len(idx),) + self.store.shape, np.uint8)
         raw[srt] = self.store.images(idx[srt])
-        x = raw.astype(np.float32) * np.float32(1.0 / 255.0)
-        x = x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = to_float(raw)
         self._busy += time.perf_counter() - t
         self._imgs += len(idx)
         if self.with_labels:
@@ -125,6 +124,11 @@ class Loader:
             stop.set()
             th.join(timeout=5)
 
+    def read(self, index_batches: Iterable[np.ndarray]) -> Iterator[Any]:
+        """The batches of the given index arrays, in that order, read ahead on the loader's thread
+        (training draws its own per-step indices so that a resumed run sees the same batches)."""
+        yield from self._run(iter(index_batches))
+
     def _epoch_batches(self, epoch: int) -> Iterator[np.ndarray]:
         idx = self.order(epoch)
         for i in range(0, len(idx), self.batch_size):
@@ -153,6 +157,12 @@ class Loader:
     def images_per_s(self) -> float:
         """How fast the reader thread produces images (time spent reading + converting only)."""
         return self._imgs / self._busy if self._busy > 0 else 0.0
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(B, H, W)`` or ``(B, H, W, C)`` from a store -> float32 ``(B, C, H, W)`` in [0, 1]."""
+    x = images.astype(np.float32) * np.float32(1.0 / 255.0)
+    return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 class _Error:

@@ -182,9 +182,9 @@ def unit_of(cfg: NetworkConfig, stage: int, sublayer: str, index: int) -> list[i
 # ---------------------------------------------------------------------------------------------
 def as_float(images: np.ndarray) -> np.ndarray:
     """uint8 (B, H, W[, C]) -> float32 (B, C, H, W) in [0, 1] (as training reads them)."""
-    from repro.experiments.train import as_batch
+    from repro.data.loader import to_float
 
-    return as_batch(images)
+    return to_float(images)
 
 
 @dataclass

@@ -135,11 +135,11 @@ def angles_of(store: Any, pattern: str = ANGLE_RE) -> np.ndarray:
 def rotation_3d(nets: dict[str, Any], store: Any, neuron: Neuron, cfg: Any, pattern: str = ANGLE_RE
                 ) -> dict[str, Any]:
     """Mean response per yaw angle over every image of the rotating-face set at that angle."""
-    from repro.experiments.train import as_batch
+    from repro.data.loader import to_float
 
     check_images(cfg, store)
     ang = angles_of(store, pattern)
-    x = as_batch(store.images(np.arange(len(store))))
+    x = to_float(store.images(np.arange(len(store))))
     vals = np.unique(ang)
     entry: dict[str, Any] = {"values": vals.tolist(), "images": len(store), "set": str(store.path),
                              "count": [int((ang == v).sum()) for v in vals]}

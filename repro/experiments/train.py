@@ -11,17 +11,16 @@ and ``g``), so a resumed run ends with the same parameters as an uninterrupted o
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from repro.data.loader import Loader
 from repro.errors import ReproError
 from repro.experiments.run import Session
 from repro.model import checkpoint as ckpt
@@ -58,41 +57,6 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
     return np.sort(perm[pos * batch:(pos + 1) * batch])
 
 
-def as_batch(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W[, C]) from a store -> float32 (B, C, H, W) in [0, 1]."""
-    x = images.astype(np.float32) / 255.0
-    return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def prefetch(store: Any, batch: int, seed: int, steps: range, depth: int = 3) -> Iterator[np.ndarray]:
-    """Minibatches of the given steps, read ahead on a thread so training never waits on disk."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            for g in steps:
-                if stop.is_set():
-                    return
-                q.put(as_batch(store.images(batch_indices(len(store), batch, seed, g))))
-            q.put(None)
-        except BaseException as exc:  # hand the error to the training thread
-            q.put(exc)
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False, max_steps: int | None = None,
           console: Console | None = None, keep: int = 2) -> dict[str, Any]:
     """Run (or continue) the schedule; checkpoints in ``RUN/checkpoints`` (the newest ``keep``); returns the summary."""
@@ -121,7 +85,9 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
                         TimeRemainingColumn(), console=console, disable=not w.is_root)
     with progress, (open(log_path, "a") if w.is_root else _Null()) as log:
         task = progress.add_task("train", total=total, completed=start, loss=float("nan"), ips=0.0)
-        batches = prefetch(store, t.batch, t.seed, range(start, end))
+        # every rank of the model-parallel group reads the same images, step by step, read ahead
+        batches = Loader(store, t.batch, t.seed, shuffle=False).read(
+            batch_indices(len(store), t.batch, t.seed, g) for g in range(start, end))
         for g in range(start, end):
             phase = next(p for p in phases if p.start <= g < p.start + p.steps)
             x = next(batches)
