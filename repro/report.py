@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from repro import atomic
+
 # Le et al. 2012 (Table 1 and text) and Coates et al. 2013, test-set accuracy in percent.
 # Keys: concept -> row -> number; a missing row means the paper gives none for that concept.
 PAPER: dict[str, dict[str, dict[str, float]]] = {
@@ -43,11 +45,7 @@ def paper_numbers(concept: str) -> dict[str, dict[str, float]]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, text)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -96,9 +94,4 @@ def histogram_png(path: str | os.PathLike, positives: np.ndarray, negatives: np.
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, format="png")

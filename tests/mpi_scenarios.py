@@ -83,7 +83,6 @@ def scenario_distarray_gpu() -> dict[str, np.ndarray]:
 
 def scenario_network() -> dict[str, np.ndarray]:
     """Forward, layer-wise and joint losses/gradients, and a few training steps."""
-    w = world()
     cfg = from_dict(SMALL)
     net = Network.create(cfg, seed=3)
     x = images()

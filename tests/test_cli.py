@@ -6,10 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from conftest import invoke, one_line_error, run_mpi
-from repro.cli import cli
 from repro.model.config import load_config
 from repro.model.network import param_names
 

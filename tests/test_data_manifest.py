@@ -1,7 +1,6 @@
 """Manifests: every shipped one parses; bad ones fail with one line naming the file and the field."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

@@ -3,7 +3,6 @@ whole command on a tiny run (1 rank and 2 ranks give the same numbers), and one-
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,6 @@ more than 25%.
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 
 import pytest

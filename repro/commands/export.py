@@ -1,13 +1,13 @@
 """``repro export``: every parameter of a checkpoint, gathered, as a plain .npz keyed by name."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 import numpy as np
 from rich.console import Console
 
+from repro import atomic
 from repro.engine.comm import world
 from repro.errors import ReproError
 from repro.model import checkpoint as ckpt
@@ -30,12 +30,10 @@ def export(checkpoint: str, out_path: str, with_optimizer: bool) -> None:
     out = Path(out_path)
     if out.suffix != ".npz":
         raise ReproError(f"{out}: the output file must end in .npz")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}.npz")
     try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
+        with atomic.target(out) as tmp:
+            np.savez(tmp, **arrays)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ReproError(f"{out}: cannot write ({exc.strerror})") from None
     n = sum(a.size for k, a in arrays.items() if k in param_names(cfg))
     Console().print(f"wrote {out}: {len(arrays)} arrays, {n:,} parameters, step {manifest['step']}")

@@ -1,14 +1,13 @@
 """``repro info``: a network's layers and parameter counts, and the bytes each rank will need."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from repro import atomic
 from repro.engine.backend import gpu_available
 from repro.model.config import load_config
 from repro.model.memory import estimate, flops_per_update, human
@@ -63,7 +62,4 @@ def info(ctx: click.Context, config_name: str, ranks: int, batch: int | None, js
     if json_out:
         out = {"config": cfg.name, "ranks": ranks, "batch": batch, "device": "gpu" if gpu else "cpu", "parameters_W1": total, "layers": layers,
                "flops_per_update": gf, "per_rank": [r.as_dict() for r in mem]}
-        p = Path(json_out)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        tmp.replace(p)
+        atomic.write_json(json_out, out)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from repro import atomic
 from rich.console import Console
 from rich.table import Table
 
@@ -79,9 +81,7 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, thre
                     f"on {os.cpu_count()} CPUs (other processes share them: timings are noisy)."}
     S.write_json_atomic(outdir / "sweep.json", doc)
     S.plot(points, outdir / "sweep.png", f"{family} family, {doc['device']}, batch {batch}, {threads} thread(s)/rank")
-    tmp = outdir / f".README.md.tmp{os.getpid()}"
-    tmp.write_text(S.markdown(doc))
-    os.replace(tmp, outdir / "README.md")
+    atomic.write_text(outdir / "README.md", S.markdown(doc))
     _print_points(con, points)
     if breakdown:
         weak = [p for p in points if p["mode"] == "weak"] or points

@@ -156,7 +156,7 @@ def _rotating_set(name: str, root: str) -> tuple[Any, str | None]:
 
         pattern = load(name).prepare.extra.get("angle_pattern")
     except ReproError:
-        pass
+        pattern = None  # no usable manifest: the angle comes from the file name alone
     for split in ("test", "train"):
         p = resolve_dataset(name, split, root)
         if is_complete(p):

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from repro import atomic
 from repro.errors import ReproError
 
 FORMAT = "repro-store"
@@ -58,23 +59,14 @@ def pixel_sha256(img: np.ndarray) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON under a temp name and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Compact JSON, written under a temp name, synced, renamed: a reader never sees half a file."""
+    atomic.write_json(path, obj, compact=True, fsync=True)
 
 
 def save_shard(path: Path, images: np.ndarray) -> None:
     """``np.save`` to ``<path>.tmp`` then rename: a crash never leaves a truncated shard."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic.target(path, fsync=True) as tmp:
+        np.save(tmp, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
 
 
 class Store:

@@ -96,8 +96,7 @@ def local_rank_from_env() -> int:
     """The rank within its node, as launchers export it (MPICH/Hydra, Open MPI, Slurm)."""
     for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"):
         if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                pass
+            value = os.environ[var]
+            if value.strip().isdigit():
+                return int(value)
     return 0

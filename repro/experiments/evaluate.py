@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from repro import atomic
 from repro.engine.comm import World
 from repro.errors import ReproError
 from repro.model.config import NetworkConfig
@@ -467,8 +468,6 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, float | None, float | Non
 
 def write_reports(out: Path, r: dict[str, Any], best_acts: np.ndarray, y: np.ndarray, seed: int, bins: int) -> None:
     """Rank 0: ``evaluate-<concept>.json``, ``evaluate-<concept>.md``, ``histogram-<concept>.png``."""
-    import json
-
     from repro import report
 
     c = r["concept"]
@@ -496,14 +495,4 @@ def write_reports(out: Path, r: dict[str, Any], best_acts: np.ndarray, y: np.nda
           "paper's 64.8% because the class ratio differs.\n",
           f"![histogram]({png.name})\n"]
     report.write_text_atomic(out / f"evaluate-{c}.md", "\n".join(md))
-    report.write_text_atomic(out / f"evaluate-{c}.json", json.dumps(r, indent=1, sort_keys=True, default=_jsonable))
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+    atomic.write_json(out / f"evaluate-{c}.json", r)

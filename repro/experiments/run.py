@@ -1,13 +1,13 @@
 """What every experiment shares: the run folder, the backend, the world, and writing results."""
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
+from repro import atomic
 from repro.engine.backend import Backend, local_rank_from_env, select_backend
 from repro.engine.comm import World, world
 from repro.errors import ReproError
@@ -29,25 +29,8 @@ class Session:
         """Rank 0 writes ``RUN/name`` atomically (temp file, then rename)."""
         path = self.run / name
         if self.w.is_root:
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_jsonable))
-            os.replace(tmp, path)
+            atomic.write_json(path, obj)
         return path
-
-
-def _jsonable(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:
-        pass
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def open_session(device: str, run: str | None, create: bool = True) -> Session:

@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from repro import atomic
 from repro.errors import ReproError
-from repro.model.config import NetworkConfig, StageConfig, from_dict, load_config
+from repro.model.config import NetworkConfig, from_dict, load_config
 from repro.model.memory import _FakeWorld, flops_per_update
 
 # The default family: cheap on CPUs, the stage shape of the paper's networks (LC -> L2 pool -> LCN,
@@ -246,10 +247,7 @@ def add_efficiency(points: list[dict[str, Any]]) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic.write_json(path, obj)
 
 
 def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -279,11 +277,7 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic.save_figure(fig, path, dpi=110)
 
 
 def markdown(doc: dict[str, Any]) -> str:

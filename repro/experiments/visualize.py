@@ -20,7 +20,6 @@ depend on the rank count, so 1 and N ranks give the same neuron, images and stim
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from repro.engine.backend import to_numpy
+from repro import atomic
 from repro.errors import ReproError
 from repro.model.network import Network, compute_features, standardize, unit_gradient
 
@@ -211,11 +211,7 @@ def to_display(img: np.ndarray) -> np.ndarray:
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Write a matplotlib figure atomically (temp file beside it, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=fig.dpi)
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, dpi=fig.dpi)
 
 
 def figure(figsize: tuple[float, float], dpi: int = 100) -> Any:
@@ -298,9 +294,8 @@ def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int 
                        labels=[f"{a:.3g}" for a in acts[top]])
         stimulus_png(x, run / "best-neuron-stimulus.png",
                      f"optimal stimulus, f = {stim['activation']:.4g}\n(best test image at |x|=1: {f_best_unit:.4g})")
-        tmp = run / f".best-neuron-stimulus.tmp{os.getpid()}.npy"
-        np.save(tmp, x[0], allow_pickle=False)
-        os.replace(tmp, run / "best-neuron-stimulus.npy")
+        with atomic.target(run / "best-neuron-stimulus.npy") as tmp:
+            np.save(tmp, x[0], allow_pickle=False)
     session.write_json("visualize-best-neuron.json", summary)
     return summary
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from repro import atomic
 from repro.engine.backend import to_numpy
 from repro.engine.comm import World, world
 from repro.engine.partition import box_intersect
@@ -35,12 +36,6 @@ def _shape_signature(cfg: NetworkConfig) -> dict[str, Any]:
     return {"input_size": list(cfg.input_size), "channels": cfg.channels,
             "weights": [list(cfg.weight_shape(i)) for i in range(len(cfg.stages))],
             "stages": [dict(vars(s)) for s in cfg.stages]}
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def save(directory: str | os.PathLike, step: int, cfg: NetworkConfig, tensors: dict[str, Any],
@@ -75,11 +70,11 @@ def save(directory: str | os.PathLike, step: int, cfg: NetworkConfig, tensors: d
         manifest = {"format": FORMAT, "step": step, "ranks": w.size, "config": cfg.to_dict(),
                     "signature": _shape_signature(cfg), "shapes": full_shapes,
                     "dtypes": {n: str(t.dtype) for n, t in host.items()}, "files": entries, "extra": extra or {}}
-        write_json_atomic(tmp / "manifest.json", manifest)
+        atomic.write_json(tmp / "manifest.json", manifest)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        write_json_atomic(root / "latest.json", {"step": step, "path": final.name})
+        atomic.write_json(root / "latest.json", {"step": step, "path": final.name})
         if keep is not None:
             old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
             for p in old[:max(0, len(old) - (keep - 1))]:
