@@ -31,9 +31,13 @@ def test_prepare_store_format_and_determinism(tmp_path):
     assert r.exit_code == 0, r.output
     path = tmp_path / "a" / "prepared" / "toy" / "test"
     idx = json.loads((path / "index.json").read_text())
-    assert idx["format"] == "repro-store" and idx["version"] == 1 and idx["shape"] == [16, 16]
+    assert idx["format"] == "repro-store" and idx["version"] == 2 and idx["shape"] == [16, 16]
     assert idx["count"] == 10 and len(idx["shards"]) == 3  # shard_size 4
-    assert {"shard", "offset", "label", "source", "sha256"} <= set(idx["records"][0])
+    assert "records" not in idx and idx["labels"] == "labels.npy"
+    side = path / idx["shards"][0]["records"]
+    rec0 = json.loads(side.read_text().splitlines()[0])
+    assert {"shard", "offset", "label", "source", "sha256"} <= set(rec0)
+    assert np.load(path / "labels.npy").dtype == np.int64
     arr = np.load(path / "shard-00000.npy", mmap_mode="r", allow_pickle=False)
     assert arr.dtype == np.uint8 and arr.shape == (4, 16, 16)
     st = open_store(path)

@@ -102,7 +102,8 @@ def filter_faces(src: str | os.PathLike | Store, out: str | os.PathLike, det: Fa
                 imgs = store.images(gidx)
                 has = detect(imgs, det, workers)
                 keep = np.nonzero(~has)[0]
-                recs = [{k: v for k, v in store.records[int(gidx[i])].items() if k not in ("shard", "offset", "sha256")}
+                srecs = store.shard_records(s)  # one shard's sidecar, not the whole index
+                recs = [{k: v for k, v in srecs[int(i)].items() if k not in ("shard", "offset", "sha256")}
                         for i in keep]
                 res = writer.write_shard(s, imgs[keep], recs)
             removed += len(gidx) - res.count

@@ -1,41 +1,58 @@
-"""The packed dataset store: fixed-size uint8 images in memory-mappable shards plus a JSON index.
+"""The packed dataset store: fixed-size uint8 images in memory-mappable shards plus a small index.
 
 Why this shape: training streams millions of small images; one ``.npy`` per few thousand images
 opens with ``np.load(path, mmap_mode="r")`` (no decoding, no pickle, the OS page cache does the
-rest), and a JSON index keeps labels and provenance readable by anyone.
+rest). At the paper's scale (10 million frames) a per-image JSON index would be ~1.5 GB parsed by
+every MPI rank at start-up, so opening a store reads only a small ``index.json`` and memory-maps
+one ``labels.npy``; per-image provenance sits in one JSON-lines sidecar per shard, read only when
+``Store.records`` (or ``verify``) asks for it.
 
-Format (version 1), a directory::
+Format (version 2), a directory::
 
-    index.json          written LAST: its presence means the store is complete
-    shard-00000.npy     np.save'd uint8 array, shape (n, H, W) grey or (n, H, W, C) colour
-    shard-00001.npy     ... (n may differ per shard, e.g. when --skip-bad dropped images)
+    index.json                    written LAST: its presence means the store is complete
+    labels.npy                    int64 (N,), every image's label, in store order
+    shard-00000.npy               np.save'd uint8 array, shape (n, H, W) grey or (n, H, W, C) colour
+    shard-00000.records.jsonl     one JSON object per line: the records of that shard's images
+    shard-00001.npy ...           (n may differ per shard, e.g. when --skip-bad dropped images)
 
 ``index.json``::
 
-    {"format": "repro-store", "version": 1,
+    {"format": "repro-store", "version": 2,
      "manifest": "mini", "split": "train",
      "shape": [H, W] or [H, W, C], "dtype": "uint8", "count": N,
-     "shards": [{"file": "shard-00000.npy", "count": n}, ...],
-     "records": [{"shard": 0, "offset": 0, "label": -1, "source": "...", "sha256": "..."}, ...],
+     "labels": "labels.npy",
+     "shards": [{"file": "shard-00000.npy", "count": n, "records": "shard-00000.records.jsonl"}, ...],
      "params": {...prepare parameters...},
      "info": {...optional: e.g. the face filter's summary, skipped counts...}}
 
-``label`` is an int: -1 for unlabeled, 0/1 for negative/positive of a test concept. ``sha256`` is the
-hash of the stored (prepared) pixels, so duplicates and train/test leaks can be checked. A record may
-carry extra keys (e.g. ``"face": true`` in ``mini`` training frames); readers must ignore unknown keys.
+Images are numbered in shard order: shard 0's images are 0..n0-1, shard 1's follow, and so on, so the
+shard and offset of image ``g`` follow from the shard counts alone (no per-image table in memory).
+A record is ``{"shard": 0, "offset": 0, "label": -1, "source": "...", "sha256": "..."}``: ``label``
+is an int (-1 unlabeled, 0/1 negative/positive of a test concept; ``labels.npy`` holds the same
+values and is what ``Store.labels`` returns), ``sha256`` the hash of the stored (prepared) pixels, so
+duplicates and train/test leaks can be checked. A record may carry extra keys (e.g. ``"face": true``
+in ``mini`` training frames); readers must ignore unknown keys.
 
-Writing: each shard goes to ``shard-XXXXX.npy.tmp`` then is renamed, and ``index.json`` is written
-last (also via a temp name). A writer pointed at a directory that already holds complete shards with
-the same parameters reuses them: that is what makes ``prepare`` resumable.
+Version 1 (still read): the same shards, no ``labels.npy`` or sidecars, and every record inline in
+``index.json`` under ``"records"`` (the whole list is parsed at open). Re-run
+``repro data prepare NAME --force`` to rewrite such a store as version 2.
+
+Writing: each shard goes to a temp name then is renamed; at the end the sidecars and ``labels.npy``
+are written the same way and ``index.json`` last (also via a temp name). A writer pointed at a
+directory that already holds complete shards with the same parameters reuses them: that is what
+makes ``prepare`` resumable.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
+from collections import OrderedDict
+from collections.abc import Sequence as _SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -43,12 +60,18 @@ from repro import atomic
 from repro.errors import ReproError
 
 FORMAT = "repro-store"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 INDEX = "index.json"
+LABELS = "labels.npy"
 
 
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}.npy"
+
+
+def records_name(i: int) -> str:
+    return f"shard-{i:05d}.records.jsonl"
 
 
 def pixel_sha256(img: np.ndarray) -> str:
@@ -63,28 +86,100 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic.write_json(path, obj, compact=True, fsync=True)
 
 
+def write_jsonl_atomic(path: Path, rows: Iterable[Any]) -> None:
+    """One compact JSON object per line, same temp + fsync + rename discipline."""
+    text = "".join(json.dumps(r, separators=(",", ":"), default=atomic._jsonable) + "\n" for r in rows)
+    atomic.write_text(path, text, fsync=True)
+
+
 def save_shard(path: Path, images: np.ndarray) -> None:
-    """``np.save`` to ``<path>.tmp`` then rename: a crash never leaves a truncated shard."""
+    """``np.save`` to a temp name then rename: a crash never leaves a truncated shard."""
+    save_npy(path, np.ascontiguousarray(images, dtype=np.uint8))
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic.target(path, fsync=True) as tmp:
-        np.save(tmp, np.ascontiguousarray(images, dtype=np.uint8), allow_pickle=False)
+        np.save(tmp, arr, allow_pickle=False)
+
+
+class Records(_SequenceABC):
+    """The per-image records of a version-2 store, loaded one shard sidecar at a time on access.
+
+    Behaves like a read-only list of dicts (``len``, indexing, slicing, iteration); a few recently
+    used shards are cached, so iterating over all records holds only one shard's worth at a time.
+    """
+
+    def __init__(self, store: "Store", cache_shards: int = 4):
+        self._store = store
+        self._cache: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
+        self._cache_shards = max(1, cache_shards)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def shard(self, s: int) -> list[dict[str, Any]]:
+        """The records of shard ``s`` (read from its sidecar, cached)."""
+        got = self._cache.get(s)
+        if got is not None:
+            self._cache.move_to_end(s)
+            return got
+        got = self._store._read_sidecar(s)
+        self._cache[s] = got
+        while len(self._cache) > self._cache_shards:
+            self._cache.popitem(last=False)
+        return got
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"record index out of range 0..{n - 1}")
+        s, off = self._store._locate(np.asarray([i]))
+        return self.shard(int(s[0]))[int(off[0])]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for s in range(len(self._store.shards)):
+            yield from self.shard(s)
+
+    def __repr__(self) -> str:
+        return f"Records({str(self._store.path)!r}, n={len(self)}, lazy)"
 
 
 class Store:
-    """A read-only view of a complete store; shards are memory-mapped lazily (never loaded whole)."""
+    """A read-only view of a complete store; shards are memory-mapped lazily (never loaded whole).
+
+    Opening reads ``index.json`` (small in version 2) and memory-maps ``labels.npy``; per-image
+    records are read per shard, only when ``records`` is used.
+    """
 
     def __init__(self, path: Path, index: dict[str, Any]):
         self.path = path
         self.index = index
+        self.version: int = int(index.get("version", VERSION))
         self.shape: tuple[int, ...] = tuple(index["shape"])
         self.shards: list[dict[str, Any]] = index["shards"]
-        self.records: list[dict[str, Any]] = index["records"]
-        self.labels: np.ndarray = np.asarray([r["label"] for r in self.records], dtype=np.int64)
-        self._shard_of = np.asarray([r["shard"] for r in self.records], dtype=np.int64)
-        self._offset_of = np.asarray([r["offset"] for r in self.records], dtype=np.int64)
+        self._count = int(index["count"])
+        counts = np.asarray([int(s["count"]) for s in self.shards], dtype=np.int64)
+        self._ends = np.cumsum(counts)
+        self._starts = self._ends - counts
         self._maps: dict[int, np.ndarray] = {}
+        self._shard_of: np.ndarray | None = None
+        self._offset_of: np.ndarray | None = None
+        if self.version == 1:
+            self.records: Sequence[dict[str, Any]] = index["records"]
+            self.labels: np.ndarray = np.asarray([r["label"] for r in self.records], dtype=np.int64)
+            self._shard_of = np.asarray([r["shard"] for r in self.records], dtype=np.int64)
+            self._offset_of = np.asarray([r["offset"] for r in self.records], dtype=np.int64)
+        else:
+            self.labels = _load_labels(path / index.get("labels", LABELS), self._count)
+            self.records = Records(self)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return self._count
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, n={len(self)}, shape={self.shape})"
@@ -116,9 +211,38 @@ class Store:
             self._maps[i] = m
         return m
 
+    def _locate(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, offset) of each global index (already range-checked)."""
+        if self._shard_of is not None:
+            return self._shard_of[idx], self._offset_of[idx]  # type: ignore[index]
+        sh = np.searchsorted(self._ends, idx, side="right")
+        return sh, idx - self._starts[sh]
+
     def shard_indices(self, i: int) -> np.ndarray:
         """Global image indices stored in shard ``i`` (data-parallel replicas split by shard)."""
-        return np.nonzero(self._shard_of == i)[0]
+        if self._shard_of is not None:
+            return np.nonzero(self._shard_of == i)[0]
+        return np.arange(self._starts[i], self._ends[i], dtype=np.int64)
+
+    def shard_records(self, i: int) -> list[dict[str, Any]]:
+        """The records of shard ``i``, in offset order (reads only that shard's sidecar)."""
+        if isinstance(self.records, Records):
+            return self.records.shard(i)
+        return [self.records[int(g)] for g in self.shard_indices(i)]
+
+    def _read_sidecar(self, s: int) -> list[dict[str, Any]]:
+        meta = self.shards[s]
+        p = self.path / meta.get("records", records_name(s))
+        try:
+            with open(p, encoding="utf-8") as fh:
+                recs = [json.loads(line) for line in fh if line.strip()]
+        except FileNotFoundError:
+            raise ReproError(f"{p}: record sidecar missing; re-run `repro data prepare NAME --force`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ReproError(f"{p}: unreadable record sidecar ({e.__class__.__name__}: {e})") from None
+        if len(recs) != int(meta["count"]):
+            raise ReproError(f"{p}: {len(recs)} records, index says shard {s} has {meta['count']}")
+        return recs
 
     def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 array (len(indices), *shape) for any indices, in the order given."""
@@ -128,8 +252,7 @@ class Store:
             return out
         if idx.min() < 0 or idx.max() >= len(self):
             raise IndexError(f"image index out of range 0..{len(self) - 1}")
-        sh = self._shard_of[idx]
-        off = self._offset_of[idx]
+        sh, off = self._locate(idx)
         for s in np.unique(sh):
             sel = np.nonzero(sh == s)[0]
             out[sel] = self.shard(int(s))[off[sel]]
@@ -139,20 +262,40 @@ class Store:
         return self.images([i])[0]
 
     def verify(self) -> list[str]:
-        """Re-hash every image against the index; returns one line per problem (empty = fine)."""
+        """Re-hash every image against its record (and labels against ``labels.npy``);
+        returns one line per problem (empty = fine)."""
         problems = []
         for s in range(len(self.shards)):
             try:
                 arr = self.shard(s)
+                recs = self.shard_records(s)
             except ReproError as e:
                 problems.append(str(e.message))
                 continue
-            for g in self.shard_indices(s):
-                r = self.records[g]
+            side = self.shards[s].get("records", INDEX) if self.version >= 2 else INDEX
+            gidx = self.shard_indices(s)
+            for g, r in zip(gidx, recs):
                 if pixel_sha256(arr[r["offset"]]) != r["sha256"]:
                     problems.append(f"{self.path / self.shards[s]['file']}: image {r['offset']} "
-                                    f"({r['source']}) does not match its sha256 in {INDEX}")
+                                    f"({r['source']}) does not match its sha256 in {side}")
+                if int(r["label"]) != int(self.labels[g]):
+                    problems.append(f"{self.path / side}: image {r['offset']} ({r['source']}) has label "
+                                    f"{r['label']}, {LABELS} says {int(self.labels[g])}")
         return problems
+
+
+def _load_labels(p: Path, count: int) -> np.ndarray:
+    """``labels.npy`` memory-mapped (read-only int64, shape (count,))."""
+    try:
+        if count == 0:
+            arr = np.load(p, allow_pickle=False)
+        else:
+            arr = np.asarray(np.load(p, mmap_mode="r", allow_pickle=False))
+    except (OSError, ValueError) as e:
+        raise ReproError(f"{p}: cannot open labels ({e}); re-run `repro data prepare NAME --force`") from None
+    if arr.dtype != np.int64 or arr.shape != (count,):
+        raise ReproError(f"{p}: labels have shape {arr.shape} {arr.dtype}, index says ({count},) int64")
+    return arr
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -171,13 +314,18 @@ def open_store(path: str | os.PathLike) -> Store:
         raise ReproError(f"{ip}: unreadable store index ({e.__class__.__name__}: {e})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise ReproError(f"{ip}: not a repro store index (format field missing or wrong)")
-    if index.get("version") != VERSION:
-        raise ReproError(f"{ip}: store format version {index.get('version')!r}, this repro reads {VERSION}")
-    for k in ("shape", "shards", "records", "count"):
+    version = index.get("version")
+    if version not in READS:
+        raise ReproError(f"{ip}: store format version {version!r}, this repro reads "
+                         f"{', '.join(map(str, READS))}; re-run `repro data prepare NAME --force`")
+    for k in ("shape", "shards", "count") + (("records",) if version == 1 else ()):
         if k not in index:
             raise ReproError(f"{ip}: store index lacks field '{k}'")
-    if index["count"] != len(index["records"]):
+    if version == 1 and index["count"] != len(index["records"]):
         raise ReproError(f"{ip}: count {index['count']} != {len(index['records'])} records")
+    total = sum(int(s.get("count", -1)) for s in index["shards"])
+    if total != index["count"]:
+        raise ReproError(f"{ip}: count {index['count']} != {total}, the sum of its shard counts")
     return Store(p, index)
 
 
@@ -194,7 +342,8 @@ class StoreWriter:
 
     Resumable: ``plan`` (a JSON-able description of the inputs and parameters) is saved in the
     partial directory; a rerun with the same plan reuses every shard that has both its ``.npy`` and
-    its sidecar ``.json``; with a different plan the partial directory is discarded.
+    its sidecar ``.npy.json`` (the work-in-progress records); with a different plan the partial
+    directory is discarded.
     """
 
     def __init__(self, final: str | os.PathLike, plan: dict[str, Any], resume: bool = True):
@@ -237,29 +386,39 @@ class StoreWriter:
 
     def finish(self, shape: Sequence[int], results: Iterable[ShardResult], manifest: str, split: str,
                params: dict[str, Any], info: dict[str, Any] | None = None) -> Path:
-        """Write ``index.json`` and rename the partial directory into place (replacing an old store)."""
-        shards, records = [], []
-        for i, res in enumerate(results):
-            shards.append({"file": shard_name(i), "count": res.count})
-            for off, r in enumerate(res.records):
-                records.append({"shard": i, "offset": off, **{k: v for k, v in r.items() if k not in ("shard", "offset")}})
-        # drop empty shards from the listing but keep numbering stable: renumber files
-        keep = [i for i, s in enumerate(shards) if s["count"] > 0]
+        """Write the record sidecars, ``labels.npy`` and (last) ``index.json``, then rename the
+        partial directory into place (replacing an old store). Empty shards are dropped and the
+        rest renumbered, so shard files are contiguous and images are numbered in shard order."""
+        results = list(results)
+        keep = [i for i, res in enumerate(results) if res.count > 0]
         remap = {old: new for new, old in enumerate(keep)}
-        for old in range(len(shards)):
+        for old in range(len(results)):
             src = self.tmp / shard_name(old)
             if old in remap and remap[old] != old:
                 os.replace(src, self.tmp / shard_name(remap[old]))
             elif old not in remap and src.exists():
                 src.unlink()
-        shards = [{"file": shard_name(remap[i]), "count": shards[i]["count"]} for i in keep]
-        for r in records:
-            r["shard"] = remap[r["shard"]]
+        shards, labels = [], []
+        for old in keep:
+            new, res = remap[old], results[old]
+            if len(res.records) != res.count:
+                raise ReproError(f"{self.tmp}: shard {old} has {res.count} images but {len(res.records)} records")
+            recs = [{"shard": new, "offset": off,
+                     **{k: v for k, v in r.items() if k not in ("shard", "offset")}}
+                    for off, r in enumerate(res.records)]
+            labels.extend(int(r["label"]) for r in recs)
+            write_jsonl_atomic(self.tmp / records_name(new), recs)
+            shards.append({"file": shard_name(new), "count": res.count, "records": records_name(new)})
+        save_npy(self.tmp / LABELS, np.asarray(labels, dtype=np.int64))
+        wanted = {s["records"] for s in shards}
+        for f in self.tmp.glob("*.records.jsonl"):  # left by an interrupted earlier finish
+            if f.name not in wanted:
+                f.unlink()
         for f in self.tmp.glob("*.json"):
             f.unlink()
         index = {"format": FORMAT, "version": VERSION, "manifest": manifest, "split": split,
-                 "shape": list(shape), "dtype": "uint8", "count": len(records), "shards": shards,
-                 "records": records, "params": params, "info": info or {}}
+                 "shape": list(shape), "dtype": "uint8", "count": len(labels), "labels": LABELS,
+                 "shards": shards, "params": params, "info": info or {}}
         write_json_atomic(self.tmp / INDEX, index)
         if self.final.exists():
             old = self.final.with_name(self.final.name + ".old")
