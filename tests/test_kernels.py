@@ -137,6 +137,23 @@ def test_lc_backward_weights_matches_loop(case):
     np.testing.assert_allclose(dW, ref_lc_backward_weights(x, dy, s, k), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", LC_CASES)
+@pytest.mark.parametrize("chunk_locs", [1, 3, 10**6])
+def test_lc_batch_first_cpu_path_matches_loop(case, chunk_locs, monkeypatch):
+    """The batch-first CPU path (taken for F >= _CPU_BATCH_FIRST_MIN_F) forced on every case."""
+    import repro.engine.kernels.lc as lc
+
+    x, W, dy, k, s = _lc_case(case)
+    K, B = W.shape[3] * k * k, x.shape[0]
+    monkeypatch.setattr(lc, "_CPU_BATCH_FIRST_MIN_F", 1)
+    monkeypatch.setattr(lc, "_CPU_CHUNK_BYTES", chunk_locs * K * B * x.itemsize)
+    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x, dy, s, k),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_lc_backward_data_zero_where_no_window_reaches():
     x, W, dy, k, s = _lc_case((2, 3, 11, 12, 4, 3, 5))  # rows/cols 10 (and 11) are never read
     dx = lc_backward_data(dy, W, s, x.shape)
@@ -154,9 +171,10 @@ def test_lc_adjoints(case):
     assert c == pytest.approx(a, rel=1e-12, abs=1e-12)
 
 
-def test_lc_larger_than_one_chunk():
+@pytest.mark.parametrize("F", [3, 20])  # batch-last and batch-first CPU paths (F >= 16)
+def test_lc_larger_than_one_chunk(F):
     """Many locations and a wide batch: several chunks, run on the thread pool."""
-    x, W, dy, k, s = _lc_case((40, 4, 30, 30, 6, 1, 3), dtype=np.float32)
+    x, W, dy, k, s = _lc_case((40, 4, 30, 30, 6, 1, F), dtype=np.float32)
     y = lc_forward(x, W, s)
     ref = np.einsum("ijfcuv,bcijuv->bfij", W.astype(np.float64),
                     np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (k, k), axis=(2, 3)))
@@ -354,11 +372,12 @@ def test_lc_gpu_path_chunked_matches_loop(case, locs, monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("gpu_path", [True, False])
+@pytest.mark.parametrize("gpu_path, batch_first", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("locs", [1, 3, 40])
-def test_lc_workspace_bounds_temporaries(gpu_path, locs, monkeypatch):
+def test_lc_workspace_bounds_temporaries(gpu_path, batch_first, locs, monkeypatch):
     """Peak traced allocation of each call minus its output stays within lc_workspace_bytes
-    (NumPy reports its buffers to tracemalloc; 64 KiB slack for Python objects)."""
+    (NumPy reports its buffers to tracemalloc; 64 KiB slack for Python objects); on the CPU for
+    both the batch-last and the batch-first layout."""
     import tracemalloc
 
     import repro.engine.kernels.lc as lc
@@ -366,6 +385,7 @@ def test_lc_workspace_bounds_temporaries(gpu_path, locs, monkeypatch):
     x, W, dy, k, s = _lc_case((4, 3, 20, 21, 5, 2, 5), dtype=np.float32)
     K, B = W.shape[3] * k * k, x.shape[0]
     monkeypatch.setattr(lc, "_FORCE_GENERIC", gpu_path)
+    monkeypatch.setattr(lc, "_CPU_BATCH_FIRST_MIN_F", 1 if batch_first else 10**9)
     monkeypatch.setattr(lc, "_GPU_CHUNK_BYTES", locs * K * B * 4)
     monkeypatch.setattr(lc, "_CPU_CHUNK_BYTES", locs * K * B * 4)
     ws = lc.lc_workspace_bytes(B, W.shape, 4, gpu=gpu_path, stride=s)
