@@ -18,20 +18,21 @@ copy of long contiguous runs, and the per-location GEMMs become
 with K = C*k*k. On CPUs the locations are cut into chunks so the gathered columns stay in
 cache and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS).
 
-CPU layout by shape (``_CPU_BATCH_FIRST_MIN_F``): with many filters (F >= 16, e.g. Coates et
-al.'s F = 64, B = 100) the forward and backward-weights passes use batch-first columns
-cols_l (B, K), gathered straight from x through a window view (no batch-last copy), one 2-D GEMM
-per location on each worker's reused scratch buffers:
+CPU layout of backward-weights by shape (``_CPU_BATCH_FIRST_MIN_F``): with many filters
+(F >= 16, e.g. Coates et al.'s F = 64, B = 100) it gathers batch-first columns cols_l (B, K)
+straight from x through a window view (no batch-last copy) and runs one 2-D GEMM per location,
+written in place, on each worker's reused scratch buffer:
 
-    forward          y_l  (B, F) = cols_l (B, K) @ W_l^T (K, F)     (W_l^T a view: BLAS transpose flag)
-    backward-weights dW_l (F, K) = dy_l (F, B) @ cols_l (B, K)      (written in place into dW)
+    backward-weights dW_l (F, K) = dy_l (F, B) @ cols_l (B, K)
 
-OpenBLAS runs these at about twice the rate of the batch-last W_l (F, K) @ cols_l (K, B) at that
-shape (68 against 36 GFLOP/s on one thread of a 2-core EPYC). With few filters (Le et al.'s F = 8,
-B = 32) the batch-last GEMMs are faster and the gather is memory-bound, so those keep the
-batch-last layout. Backward-data keeps the batch-last layout at every shape: at the Coates-like
-shape a batch-first version (dc_l (B, K) = dy_l (B, F) @ W_l (F, K), col2im adds of k-long runs
-instead of k*B-long ones) took 33-42 ms against 25-27 ms.
+Both operands are then contiguous along the summed axis (OpenBLAS's fast case: 63 GFLOP/s on one
+thread against 36-58 for the batch-last orientations at that shape) and dW needs no transpose
+pass. Measured against the batch-last kernel in one process: best 23-27 ms against 28-34 ms (dense GEMM
+10.7-11.3 ms). The same batch-first scheme for the forward pass (y_l (B, F) = cols_l (B, K) @ W_l^T)
+has faster GEMMs too, but its gather (runs of k numbers instead of k*B) ate the gain: no
+measurable difference over 4 paired runs, so the forward pass, backward-data and every small-F
+shape (Le et al.'s F = 8, where the batch-last GEMMs are the faster ones) keep the batch-last
+layout.
 
 GPUs take a separate path (``_forward_gpu``, ``_backward_weights_gpu``, ``_backward_data_grouped``;
 tests run it on NumPy through ``_FORCE_GENERIC``): no batch-last copy (strided gathers are cheap
@@ -56,11 +57,8 @@ Array = Any
 # the GEMM that reads it share the cache. GPU: large, only to bound the temporary.
 _CPU_CHUNK_BYTES = 3 << 20  # measured: 1-4 MiB best on a 2-core EPYC; small-F shapes like larger
 _GPU_CHUNK_BYTES = 1 << 28
-# CPU forward and backward-weights: batch-first columns (B, K) per location when
-# F >= _CPU_BATCH_FIRST_MIN_F, else batch-last (K, B). Measured on a 2-core EPYC with OpenBLAS, one
-# BLAS thread per worker: F = 64, B = 100 (Coates-like) forward 43% -> 52% of the dense GEMM,
-# backward-weights 28% -> 37%; F = 8, B = 32 (Le-like) ran slower batch-first (per-location GEMMs
-# 42 against 68-78 GFLOP/s a thread), so small F keeps the batch-last path.
+# CPU backward-weights: batch-first columns (B, K) per location when F >= _CPU_BATCH_FIRST_MIN_F,
+# else batch-last (K, B) (see the module docstring; F = 8, B = 32 ran slower batch-first).
 _CPU_BATCH_FIRST_MIN_F = 16
 
 
@@ -92,8 +90,8 @@ def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu:
         workspace = itemsize * max(X + T*c*B*(K+F),                  forward
                                    X + L*F*B + T*c*K*(B+F),          backward-weights
                                    L*F*B + T*(X + c*K*B))            backward-data
-        (batch-last terms; the batch-first paths, F >= _CPU_BATCH_FIRST_MIN_F, need less: forward
-        T*c*B*(K+F), backward-weights L*F*B + T*c*B*K, so the bound holds for both.)
+        (batch-last terms; backward-weights batch-first, F >= _CPU_BATCH_FIRST_MIN_F, needs less:
+        L*F*B + T*c*B*K, so the bound holds for both layouts.)
     stride: needed on the CPU only (for X); None assumes stride = k, an upper bound for every
     stride <= k.
     """
@@ -167,8 +165,6 @@ def lc_forward(x: Array, W: Array, stride: int) -> Array:
     Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K), a view when W is
     if _is_gpu(xp) or _FORCE_GENERIC:
         return _forward_gpu(x.astype(dtype, copy=False), Wm, (OY, OX), k, stride)
-    if F >= _CPU_BATCH_FIRST_MIN_F:
-        return _forward_cpu_bf(x.astype(dtype, copy=False), Wm, (OY, OX), k, stride)
     xt = _batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
     y = xp.empty((B, F, OY, OX), dtype=dtype)
@@ -387,11 +383,10 @@ def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: in
     return total
 
 
-# CPU, batch-first (F >= _CPU_BATCH_FIRST_MIN_F). Columns cols_l (B, K) are gathered straight from
-# x (B, C, H, W) through the window view (no batch-last copy of x); each location is one 2-D
-# np.matmul (one BLAS call; NumPy's stacked matmul measured slower here with the transposed W
-# view); each worker thread reuses its own scratch buffers for the whole call (no per-chunk
-# allocation, so no page faults on fresh memory), freed when the call returns.
+# CPU backward-weights, batch-first (F >= _CPU_BATCH_FIRST_MIN_F). Columns cols_l (B, K) are
+# gathered straight from x (B, C, H, W) through the window view (no batch-last copy of x); each
+# location is one 2-D np.matmul written into dW; each worker thread reuses its own scratch buffer
+# for the whole call (no per-chunk allocation), freed when the call returns.
 
 
 class _PerThread:
@@ -406,30 +401,6 @@ class _PerThread:
         if bufs is None:
             bufs = self._tls.bufs = tuple(np.empty(sh, dtype=self._dtype) for sh in self._shapes)
         return bufs
-
-
-def _forward_cpu_bf(x: Array, Wm: Array, out_hw: tuple[int, int], k: int, s: int) -> Array:
-    """y (B, F, OY, OX); per location y_l (B, F) = cols_l (B, K) @ W_l^T (K, F) (a view of W)."""
-    B, C = x.shape[:2]
-    OY, OX = out_hw
-    L, F, K = Wm.shape
-    win = _windows_bf(x, k, s, OY, OX)  # (OY, OX, B, C, k, k) view
-    Wv = Wm.transpose(0, 2, 1)  # (L, K, F) view: BLAS takes it through its transpose flag
-    y = np.empty((B, F, OY, OX), dtype=Wm.dtype)
-    yf = y.reshape(B, F, L)
-    c = _chunk_size(np, L, K * B * Wm.itemsize)
-    scratch = _PerThread(((c, B, C, k, k), (c, B, F)), Wm.dtype)
-
-    def work(lo: int, hi: int) -> None:
-        cb, yb = scratch.get()
-        n = hi - lo
-        cols = _gather_any(win, lo, hi, out=cb).reshape(n, B, K)
-        for i in range(n):
-            np.matmul(cols[i], Wv[lo + i], out=yb[i])
-        yf[:, :, lo:hi] = yb[:n].transpose(1, 2, 0)  # (n, B, F) -> (B, F, n)
-
-    map_chunks(work, L, c)
-    return y
 
 
 def _backward_weights_cpu_bf(x: Array, dy: Array, k: int, s: int) -> Array:
