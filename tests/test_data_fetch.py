@@ -96,13 +96,14 @@ def test_fetch_from_local_and_bad_checksum(tmp_path):
     assert r.exit_code == 1 and "nowhere: no such file" in r.output
 
 
-def _tar_with(tmp: Path, name: str, add) -> Path:
+def _tar_with(tmp: Path, name: str, *adds) -> Path:
     p = tmp / name
     with tarfile.open(p, "w:gz") as t:
         ok = tarfile.TarInfo("ok/file.txt")
         ok.size = 2
         t.addfile(ok, io.BytesIO(b"hi"))
-        add(t)
+        for add in adds:
+            add(t)
     return p
 
 
@@ -139,6 +140,22 @@ def test_tar_escapes_rejected(tmp_path, add, needle):
     assert needle in ei.value.message and str(arc) in ei.value.message
     assert not (tmp_path / "evil.txt").exists()
     assert list(target.iterdir()) == []  # nothing half-extracted
+
+
+@pytest.mark.parametrize("entries", [
+    # each link looks harmless by itself; chained they point above the folder
+    [_link("a", "."), _link("b", "a/.."), _link("c", "b/.."), _file("c/evil.txt")],
+    [_link("a", "."), _link("b", "a/.."), _file("b/evil.txt")],
+    [_link("d", "."), _link("e", "d/../d/.."), _link("f", "e/..")],
+])
+def test_tar_link_chains_rejected(tmp_path, entries):
+    (tmp_path / "box").mkdir()
+    arc = _tar_with(tmp_path / "box", "chain.tar", *entries)
+    target = tmp_path / "box" / "out"
+    with pytest.raises(ReproError, match="outside the target folder"):
+        extract(arc, target)
+    assert not (tmp_path / "box" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert list(target.iterdir()) == []
 
 
 def test_tar_internal_links_allowed(tmp_path):

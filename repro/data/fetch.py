@@ -158,6 +158,28 @@ def _check_link(rel: PurePosixPath, target: str, archive: Path, name: str, hard:
     return PurePosixPath(*base) if base else PurePosixPath(".")
 
 
+def _inside(path: Path, root: Path, archive: Path, name: str) -> Path:
+    """``path``, after following every link already extracted, must stay inside ``root``.
+
+    Checking each link's target by itself is not enough: links can be chained (``a -> .``, then
+    ``b -> a/..``: each looks harmless, together they point above the folder), so every write and
+    every link is checked where it really lands.
+    """
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != top and top not in real.parents:
+        raise ReproError(f"{archive}: entry {name!r} resolves outside the target folder (through a link)")
+    return path
+
+
+def _check_links_inside(tmp: Path, archive: Path) -> None:
+    """After extraction: every link in the tree resolves inside it (targets may be created late)."""
+    for dirpath, dirnames, filenames in os.walk(tmp):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            if p.is_symlink():
+                _inside(p, tmp, archive, str(p.relative_to(tmp)))
+
+
 def archive_kind(path: Path) -> str | None:
     n = path.name.lower()
     if n.endswith(".zip"):
@@ -195,6 +217,11 @@ def extract(archive: Path, target: Path) -> list[Path]:
     except _ARCHIVE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ReproError(f"{archive}: truncated or corrupt archive ({e.__class__.__name__}: {e})") from None
+    try:
+        _check_links_inside(tmp, archive)
+    except ReproError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     created = [target / e.name for e in sorted(tmp.iterdir())]
     _merge(tmp, target)
     return created
@@ -235,7 +262,7 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
             rel = _safe_rel(m.name, archive)
             if rel == PurePosixPath("."):
                 continue
-            dest = tmp / rel
+            dest = _inside(tmp / rel, tmp, archive, m.name)
             if m.isdir():
                 dest.mkdir(parents=True, exist_ok=True)
             elif m.isfile():
@@ -246,6 +273,7 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
                 _check_link(rel, m.linkname, archive, m.name, hard=False)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(m.linkname, dest)
+                _inside(dest, tmp, archive, m.name)
             elif m.islnk():
                 tgt = _check_link(rel, m.linkname, archive, m.name, hard=True)
                 src = tmp / tgt
@@ -263,7 +291,7 @@ def _extract_zip(archive: Path, tmp: Path) -> None:
             rel = _safe_rel(info.filename, archive)
             if rel == PurePosixPath("."):
                 continue
-            dest = tmp / rel
+            dest = _inside(tmp / rel, tmp, archive, info.filename)
             mode = info.external_attr >> 16
             if info.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)
@@ -272,6 +300,7 @@ def _extract_zip(archive: Path, tmp: Path) -> None:
                 _check_link(rel, link, archive, info.filename, hard=False)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(link, dest)
+                _inside(dest, tmp, archive, info.filename)
             else:
                 with z.open(info) as f:
                     _write_member(f, dest, info.file_size, archive, info.filename)
