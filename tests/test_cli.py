@@ -69,7 +69,7 @@ def test_info_plans_memory(tmp_path):
     r = invoke("info", "--config", "le2012", "--ranks", 4, "--json", tmp_path / "i.json")
     assert r.exit_code == 0, r.output
     d = json.loads((tmp_path / "i.json").read_text())
-    assert d["parameters_W1"] == 1_144_863_072
+    assert d["parameters_W1"] == 971_256_096  # 183^2*8*324 + 158^2*8*2592 + 133^2*8*2592
     assert len(d["per_rank"]) == 4
     total_params = sum(r["parameters"] for r in d["per_rank"])
     weight_sets = 1 if load_config("le2012").rica.tied else 2  # W1 (+ W2 unless tied)
