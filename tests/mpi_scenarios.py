@@ -15,7 +15,8 @@ from repro.engine.distarray import DistArray, HaloPlan, scatter_add
 from repro.engine.partition import Partition, ProcGrid
 from repro.model.config import from_dict
 from repro.model.network import (Network, apply_update, compute_features, gather_activation, gather_tiles,
-                                 load_checkpoint, save_checkpoint, standardize, unit_gradient)
+                                 load_checkpoint, local_features, neuron_features, save_checkpoint, standardize,
+                                 unit_gradient)
 from repro.model.optim import Optimizer
 
 SMALL = {
@@ -116,6 +117,56 @@ def scenario_network() -> dict[str, np.ndarray]:
     return out
 
 
+# A network whose top layers are tiny (2x2 pooling grid): on 3 or 6 ranks some tiles are empty.
+TINY_TOP = {
+    "name": "tiny-top", "input": {"size": [11, 11], "channels": 1},
+    "stages": [
+        {"maps": 2, "filter": 3, "stride": 1, "pool": 2, "pool_stride": 1, "lcn": 3},
+        {"maps": 3, "filter": 3, "stride": 1, "pool": 3, "pool_stride": 1, "lcn": 1},
+    ],
+    "rica": {"lambda": 0.1, "eps": 0.01},
+    "train": {"optimizer": "adagrad", "lr": 0.05, "batch": 4},
+}
+
+
+def scenario_local_features() -> dict[str, np.ndarray]:
+    """Rank-local features and one neuron's column, against the gathered matrix; the best neuron
+    (and held-out split) chosen across ranks, against the serial protocol on that matrix."""
+    from repro.experiments import evaluate as ev
+
+    w = world()
+    out: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(11)
+    for name, d in (("small", SMALL), ("tiny", TINY_TOP)):
+        cfg = from_dict(d)
+        net = Network.create(cfg, seed=3)
+        C, (H, W) = cfg.channels, cfg.input_size
+        x = rng.standard_normal((9, C, H, W)).astype(np.float32)
+        y = np.arange(9) % 3 == 0
+        for stage in range(len(cfg.stages)):
+            for sub in ("filter", "pool", "lcn"):
+                key = f"{name}.{stage}.{sub}"
+                full = compute_features(net, x, stage, sub, batch=4)
+                F, idx = local_features(net, x, stage, sub, batch=4)
+                ok = F.shape == (9, len(idx)) and np.array_equal(F, full[:, idx])
+                flags = w.comm.allgather((bool(ok), idx))
+                allidx = np.concatenate([i for _, i in flags])
+                out[f"{key}.local_ok"] = np.array([f for f, _ in flags])
+                out[f"{key}.cover_ok"] = np.array(np.array_equal(np.sort(allidx), np.arange(full.shape[1])))
+                out[f"{key}.empty_tiles"] = np.array(sum(len(i) == 0 for _, i in flags))
+                for j in (0, full.shape[1] // 2, full.shape[1] - 1):
+                    col = neuron_features(net, x, stage, sub, j, batch=4)
+                    out[f"{key}.col{j}_ok"] = np.array(np.array_equal(col, full[:, j]))
+                best, owner, k = ev.distributed_best(w, F, idx, y)
+                out[f"{key}.best_ok"] = np.array(best == ev.best_neuron(full, y))
+                out[f"{key}.held_out_ok"] = np.array(ev.distributed_held_out(w, F, idx, y, seed=2)
+                                                     == ev.held_out(full, y, seed=2))
+                col = ev.column_to_root(w, F, owner, k)
+                if w.is_root:
+                    out[f"{key}.column_ok"] = np.array(np.array_equal(col, full[:, best["index"]]))
+    return out
+
+
 def scenario_checkpoint_write(path: str) -> dict[str, np.ndarray]:
     """Train two steps with SGD and write a checkpoint from this many ranks."""
     cfg = from_dict(SMALL)
@@ -154,6 +205,7 @@ def scenario_fail(which_rank: str) -> dict[str, np.ndarray]:
 
 
 SCENARIOS = {"distarray": scenario_distarray, "distarray-gpu": scenario_distarray_gpu, "network": scenario_network,
+             "local-features": scenario_local_features,
              "checkpoint-write": scenario_checkpoint_write, "checkpoint-read": scenario_checkpoint_read,
              "fail": scenario_fail}
 

@@ -62,3 +62,20 @@ def test_failure_on_one_rank_ends_the_job(n, bad):
     assert proc.returncode != 0
     assert took < 30, f"job took {took:.1f}s to end"
     assert proc.stderr.count("RuntimeError: deliberate failure") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 6])
+def test_local_features_and_distributed_best(n, tmp_path):
+    """Rank-local features cover every neuron once and match the gathered matrix; one neuron's
+    column, the best neuron and the held-out split chosen across ranks equal the serial answers,
+    with empty tiles on 3 and 6 ranks (a 2x2 top layer)."""
+    out = tmp_path / "r.npz"
+    run_mpi(n, [SCRIPT, "local-features", str(out)])
+    r = np.load(out)
+    assert r.files
+    for k in r.files:
+        if k.endswith("empty_tiles"):
+            continue
+        assert np.all(r[k]), f"{k} on {n} ranks"
+    if n in (3, 6):
+        assert int(r["tiny.1.pool.empty_tiles"]) > 0

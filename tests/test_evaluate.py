@@ -153,6 +153,29 @@ def test_evaluate_end_to_end_one_and_two_ranks(tiny_run, tmp_path) -> None:
         assert res2["baselines"][k]["index"] == res["baselines"][k]["index"], k
 
 
+def test_evaluate_three_ranks_equals_serial(tiny_run, tmp_path) -> None:
+    """Every rank keeps only its tile's neurons; the reduced answers are the serial ones exactly."""
+    run, root = tiny_run
+    one = tmp_path / "one"
+    r = invoke(*_eval_args(run, root, "--out", str(one)))
+    assert r.exit_code == 0, r.output
+    res = json.loads((one / "evaluate-faces.json").read_text())
+    out3 = tmp_path / "three"
+    run_mpi(3, ["-m", "repro.cli", "--device", "cpu", *_eval_args(run, root, "--out", str(out3))], timeout=180)
+    res3 = json.loads((out3 / "evaluate-faces.json").read_text())
+    assert res3["ranks"] == 3
+    assert res3["best_neuron"]["neurons"] == res["best_neuron"]["neurons"] == 8 * 3 * 3
+    for k in ("index", "accuracy", "threshold", "min", "max", "unit"):
+        assert res3["best_neuron"][k] == res["best_neuron"][k], k
+    assert res3["held_out"] == res["held_out"]
+    for k in ("random_network", "one_layer"):
+        for f in ("index", "accuracy", "threshold"):
+            assert res3["baselines"][k][f] == res["baselines"][k][f], (k, f)
+    assert res3["baselines"]["random_network"]["held_out"] == res["baselines"]["random_network"]["held_out"]
+    assert res3["baselines"]["linear_filter"]["accuracy"] == res["baselines"]["linear_filter"]["accuracy"]
+    assert (out3 / "histogram-faces.png").read_bytes() == (one / "histogram-faces.png").read_bytes()
+
+
 def test_bad_inputs(tiny_run, tmp_path) -> None:
     from repro.data.store import write_store
 

@@ -30,9 +30,17 @@ optimistic. We also split the test set into two halves (a seeded permutation wit
 choose neuron + threshold on one half, measure on the other, both ways; ``held_out.accuracy`` is the
 mean of the two directions.
 
-Distributed: features come from ``compute_features`` (the same full matrix on every rank); the
-linear filters are split over ranks in fixed chunks of global filter indices (so every filter is
-computed the same way on any rank count) and gathered. Everything else is cheap and replicated.
+Distributed: model parallelism holds for evaluation too. Each rank keeps only its own tile's
+neurons (:func:`rank_features`: an (N, J_local) matrix and the neurons' global flat indices, from
+:func:`repro.model.network.local_features`) and scores them with :func:`threshold_scores`; the
+ranks then agree on the best neuron (:func:`distributed_best`: the highest correct count, ties to
+the lowest *global* index, exactly the serial rule). Held out: the neuron and threshold are chosen
+on half A across ranks, the owner measures them on half B and broadcasts the accuracy. The
+histogram's column is sent from its owner to rank 0. Per-neuron numbers do not depend on which
+other columns a rank holds, so every rank count gives the serial answer bit for bit. Memory per
+rank: about ``N * J / P * 4`` bytes of features (plus the same again, briefly, while scoring).
+The linear filters are split over ranks in fixed chunks of global filter indices (so every filter
+is computed the same way on any rank count) and gathered.
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ from repro import atomic
 from repro.engine.comm import World
 from repro.errors import ReproError
 from repro.model.config import NetworkConfig
-from repro.model.network import Network, compute_features, standardize
+from repro.model.network import Network, compute_features, local_features, standardize
 
 N_THRESHOLDS = 20
 SUBLAYERS = ("filter", "pool", "lcn")
@@ -246,10 +254,99 @@ class TestSet:
 
 
 def features(net: Network, ts: TestSet, stage: int, sublayer: str = "pool", batch: int = 256) -> np.ndarray:
-    """(N, J) float32 activations of a sublayer on the whole test set; collective, same on every rank."""
+    """(N, J) float32 activations of a sublayer on the whole test set; collective, same on every rank.
+
+    The whole matrix on every rank: for tests and small layers only; :func:`evaluate` uses
+    :func:`rank_features` (this rank's neurons only).
+    """
     parts = [compute_features(net, ts.images(range(lo, min(len(ts), lo + batch))), stage, sublayer, batch)
              for lo in range(0, len(ts), batch)]
     return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+@dataclass
+class LocalFeatures:
+    """One rank's share of a sublayer's activations on the test set."""
+
+    F: np.ndarray  # (N, J_local) float32, this rank's neurons only
+    index: np.ndarray  # (J_local,) int64 global flat (map, row, col) index of each column
+    total: int  # J, the neurons over all ranks
+
+
+def rank_features(net: Network, ts: TestSet, stage: int, sublayer: str = "pool", batch: int = 256) -> LocalFeatures:
+    """This rank's columns of :func:`features` (collective; nothing is gathered)."""
+    F: np.ndarray | None = None
+    idx = np.zeros(0, np.int64)
+    for lo in range(0, len(ts), batch):
+        hi = min(len(ts), lo + batch)
+        part, idx = local_features(net, ts.images(range(lo, hi)), stage, sublayer, batch)
+        if F is None:
+            F = np.empty((len(ts), part.shape[1]), np.float32)
+        F[lo:hi] = part
+    if F is None:
+        F = np.zeros((0, 0), np.float32)
+    total = sum(net.w.allgather(int(len(idx))))
+    return LocalFeatures(F, idx, int(total))
+
+
+def _local_best(F: np.ndarray, index: np.ndarray, y: np.ndarray, n: int) -> tuple | None:
+    """(correct, global index, column, accuracy, threshold, min, max) of this rank's best neuron."""
+    if F.shape[1] == 0:
+        return None
+    s = threshold_scores(F, y, n)
+    top = s.correct.max()
+    cols = np.flatnonzero(s.correct == top)
+    k = int(cols[np.argmin(index[cols])])  # lowest global index among this rank's ties
+    return (int(top), int(index[k]), k, float(s.accuracy[k]), float(s.threshold[k]), float(s.lo[k]),
+            float(s.hi[k]))
+
+
+def distributed_best(w: World, F: np.ndarray, index: np.ndarray, y: np.ndarray, n: int = N_THRESHOLDS
+                     ) -> tuple[dict[str, Any], int, int]:
+    """The protocol's answer over every rank's neurons: (``best_neuron``'s dict, owner rank, its column there).
+
+    Each rank scores its own columns; the winner is the highest correct count, ties to the lowest
+    global index (the serial rule of :meth:`Scores.best`). Collective; the same answer on every rank.
+    """
+    win = None
+    for rank, c in enumerate(w.allgather(_local_best(F, index, np.asarray(y, bool), n))):
+        if c is not None and (win is None or (c[0], -c[1]) > (win[1][0], -win[1][1])):
+            win = (rank, c)
+    if win is None:
+        raise ValueError("distributed_best needs at least one neuron")
+    rank, (_, j, k, acc, t, lo, hi) = win
+    return {"index": j, "accuracy": acc, "threshold": t, "min": lo, "max": hi}, rank, k
+
+
+def distributed_held_out(w: World, F: np.ndarray, index: np.ndarray, y: np.ndarray, seed: int,
+                         n: int = N_THRESHOLDS) -> dict[str, Any]:
+    """:func:`held_out` on rank-local columns: choose on one half across ranks, the owner measures on the other."""
+    y = np.asarray(y, dtype=bool)
+    A, B = stratified_halves(y, seed)
+    out: dict[str, Any] = {"seed": seed, "halves": [int(len(A)), int(len(B))]}
+    accs = []
+    for name, sel, ev in (("a_to_b", A, B), ("b_to_a", B, A)):
+        if len(np.unique(y[sel])) < 2 or len(ev) == 0:
+            raise ReproError("held-out split: a half of the test set lacks positives or negatives "
+                             "(the test set is too small)")
+        b, owner, k = distributed_best(w, F[sel], index, y[sel], n)
+        acc = accuracy_at(F[ev, k], y[ev], b["threshold"]) if w.rank == owner else None
+        acc = w.bcast(acc, root=owner)
+        out[name] = {"index": b["index"], "threshold": b["threshold"], "selection_accuracy": b["accuracy"],
+                     "accuracy": acc}
+        accs.append(acc)
+    out["accuracy"] = float(np.mean(accs))
+    return out
+
+
+def column_to_root(w: World, F: np.ndarray, owner: int, column: int) -> np.ndarray | None:
+    """One neuron's (N,) activations, sent from its owner to rank 0 (None elsewhere)."""
+    if owner == 0:
+        return np.ascontiguousarray(F[:, column]) if w.is_root else None
+    if w.rank == owner:
+        w.comm.send(np.ascontiguousarray(F[:, column]), dest=0, tag=7301)
+        return None
+    return w.comm.recv(source=owner, tag=7301) if w.is_root else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,16 +487,19 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
                         TimeElapsedColumn(), console=console, disable=not w.is_root or console is None)
     with progress:
         task = progress.add_task("features: trained network", total=4)
-        F = features(net, ts, opt.stage, opt.sublayer, opt.batch)
-        scores = threshold_scores(F, y)
-        best = scores.best()
-        ho = held_out(F, y, opt.seed)
+        LF = rank_features(net, ts, opt.stage, opt.sublayer, opt.batch)
+        best, owner, col = distributed_best(w, LF.F, LF.index, y)
+        ho = distributed_held_out(w, LF.F, LF.index, y, opt.seed)
+        best_acts = column_to_root(w, LF.F, owner, col)
+        n_neurons = LF.total
+        del LF
         progress.update(task, advance=1, description="features: random network")
 
         rnet = Network.create(cfg, seed=opt.seed, xp=session.xp, w=w)
-        RF = features(rnet, ts, opt.stage, opt.sublayer, opt.batch)
-        rbest = best_neuron(RF, y)
-        rbest["held_out"] = held_out(RF, y, opt.seed)["accuracy"]  # the fair comparison with held_out
+        RF = rank_features(rnet, ts, opt.stage, opt.sublayer, opt.batch)
+        rbest = distributed_best(w, RF.F, RF.index, y)[0]
+        # the fair comparison with held_out
+        rbest["held_out"] = distributed_held_out(w, RF.F, RF.index, y, opt.seed)["accuracy"]
         del RF
         del rnet
         progress.update(task, advance=1, description="one-layer network")
@@ -407,8 +507,9 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
         steps = cfg.train.layer_steps if opt.one_layer_steps is None else opt.one_layer_steps
         cfg1 = one_layer_config(cfg, steps)
         onet, reused = one_layer_network(session, cfg1, train_store, console=console)
-        obest = best_neuron(features(onet, ts, 0, "pool", opt.batch), y)
-        del onet
+        OF = rank_features(onet, ts, 0, "pool", opt.batch)
+        obest = distributed_best(w, OF.F, OF.index, y)[0]
+        del OF, onet
         progress.update(task, advance=1, description=f"linear filters ({opt.linear_filters})")
 
         patches, pos = sample_patches(train_store, opt.linear_filters, cfg.stages[0].filter, opt.seed)
@@ -420,7 +521,7 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     best.update({"layer": opt.stage, "sublayer": opt.sublayer, "unit": unit_of(cfg, opt.stage, opt.sublayer,
                                                                                best["index"]),
-                 "neurons": int(F.shape[1])})
+                 "neurons": int(n_neurons)})
     rbest.update({"layer": opt.stage, "sublayer": opt.sublayer, "seed": opt.seed})
     obest.update({"layer": 0, "sublayer": "pool", "steps": steps, "run": str(session.run / "one-layer"),
                   "reused": reused, "unit": unit_of(cfg1, 0, "pool", obest["index"])})
@@ -444,7 +545,7 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
     }
     if w.is_root:
         out.mkdir(parents=True, exist_ok=True)
-        write_reports(out, result, F[:, best["index"]], y, opt.seed, opt.histogram_bins)
+        write_reports(out, result, best_acts, y, opt.seed, opt.histogram_bins)
     result["seconds"] = time.perf_counter() - t0
     return result
 

@@ -14,7 +14,7 @@ Two pictures of one neuron:
   image scaled to unit norm; the better end point wins. The best test image at unit norm is also
   the yardstick the JSON reports: a working ascent ends at or above it.
 
-Every number goes through :func:`compute_features` / :func:`unit_gradient`, whose results do not
+Every number goes through :func:`neuron_features` / :func:`unit_gradient`, whose results do not
 depend on the rank count, so 1 and N ranks give the same neuron, images and stimulus.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 from repro.engine.backend import to_numpy
 from repro import atomic
 from repro.errors import ReproError
-from repro.model.network import Network, compute_features, standardize, unit_gradient
+from repro.model.network import Network, neuron_features, standardize, unit_gradient
 
 SUBLAYERS = ("filter", "pool", "lcn")
 
@@ -116,9 +116,13 @@ def resolve_neuron(cfg: Any, run: Path, concept: str, layer: int | None = None, 
 
 # ------------------------------------------------------------------ activations
 def neuron_responses(net: Network, images: np.ndarray, neuron: Neuron, batch: int = 256) -> np.ndarray:
-    """The neuron's activation for each image (float32 (B, C, H, W) in [0, 1]); same on every rank."""
-    feats = compute_features(net, images, neuron.layer, neuron.sublayer, batch=batch)
-    return np.asarray(feats[:, neuron.index], dtype=np.float64)
+    """The neuron's activation for each image (float32 (B, C, H, W) in [0, 1]); same on every rank.
+
+    Only the neuron's owner rank keeps its column and broadcasts those N numbers
+    (:func:`neuron_features`); no rank ever holds the whole activation matrix.
+    """
+    acts = neuron_features(net, images, neuron.layer, neuron.sublayer, neuron.index, batch=batch)
+    return np.asarray(acts, dtype=np.float64)
 
 
 def top_k(acts: np.ndarray, k: int = 48) -> np.ndarray:

@@ -332,3 +332,60 @@ def compute_features(net: Network, images: Any, stage: int, sublayer: str = "poo
         full = gather(DistArray(tile, part, net.w), root=None)
         out.append(full.reshape(full.shape[0], -1))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def local_index(net: Network, stage: int, sublayer: str = "pool") -> np.ndarray:
+    """(J_local,) int64: flat (map, row, col) indices of this rank's tile of a sublayer, in tile order.
+
+    The same definition as :func:`compute_features`; the union over ranks is every neuron exactly
+    once (an empty tile gives an empty array). Increasing, so a local argmax's first hit is the
+    lowest global index among local ties.
+    """
+    part = sublayer_partition(net, stage, sublayer)
+    H, W = part.shape
+    y0, y1, x0, x1 = part.tile(net.w.rank)
+    maps = net.cfg.stages[stage].maps
+    m, r, c = np.meshgrid(np.arange(maps), np.arange(y0, y1), np.arange(x0, x1), indexing="ij")
+    return ((m * H + r) * W + c).reshape(-1).astype(np.int64)
+
+
+def local_features(net: Network, images: Any, stage: int, sublayer: str = "pool", batch: int = 256
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's neurons only: ``(F_local (N, J_local) NumPy, global_index (J_local,) int64)``.
+
+    Collective (every rank runs the forward pass), but nothing is gathered: column ``k`` of
+    ``F_local`` is column ``global_index[k]`` of :func:`compute_features`, bit for bit.
+    """
+    idx = local_index(net, stage, sublayer)
+    out = []
+    for lo in range(0, len(images), batch):
+        tile = to_numpy(net.features(images[lo:lo + batch], stage, sublayer))
+        out.append(tile.reshape(tile.shape[0], len(idx)))
+    F = np.concatenate(out) if out else np.zeros((0, len(idx)), np.float32)
+    return F, idx
+
+
+def neuron_owner(net: Network, stage: int, sublayer: str, index: int) -> tuple[int, int]:
+    """(rank that holds flat neuron ``index`` of a sublayer, its column in that rank's ``local_features``)."""
+    part = sublayer_partition(net, stage, sublayer)
+    H, W = part.shape
+    maps = net.cfg.stages[stage].maps
+    m, r, c = (int(v) for v in np.unravel_index(int(index), (maps, H, W)))
+    for rank, (y0, y1, x0, x1) in enumerate(part.tiles):
+        if y0 <= r < y1 and x0 <= c < x1:
+            return rank, (m * (y1 - y0) + (r - y0)) * (x1 - x0) + (c - x0)
+    raise ValueError(f"neuron {index} is outside stage {stage} {sublayer}")
+
+
+def neuron_features(net: Network, images: Any, stage: int, sublayer: str, index: int, batch: int = 256
+                    ) -> np.ndarray:
+    """(N,) activations of ONE neuron, the same on every rank: its owner computes it and broadcasts
+    N numbers (equal to ``compute_features(...)[:, index]``, without gathering the matrix)."""
+    owner, col = neuron_owner(net, stage, sublayer, index)
+    parts = []
+    for lo in range(0, len(images), batch):  # collective forward; only the owner keeps a column
+        tile = net.features(images[lo:lo + batch], stage, sublayer)
+        if net.w.rank == owner:
+            parts.append(np.array(to_numpy(tile.reshape(tile.shape[0], -1)[:, col])))
+    mine = (np.concatenate(parts) if parts else np.zeros(0, np.float32)) if net.w.rank == owner else None
+    return net.w.bcast(mine, root=owner)
