@@ -30,16 +30,9 @@ from repro.experiments.run import Session
 
 def baseline_config(run: Path) -> Any:
     """The config the baseline run trained with (``RUN/config.json``)."""
-    from repro.model import checkpoint as ckpt
-    from repro.model.config import from_dict, validate
+    from repro.model.config import load_saved
 
-    path = Path(run) / "config.json"
-    if not path.exists():
-        raise ReproError(f"{path}: missing; is {run} a `repro train` run folder?")
-    try:
-        return validate(from_dict(ckpt._config_table(json.loads(path.read_text())), str(path)), str(path))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReproError(f"{path}: unreadable ({exc})") from None
+    return load_saved(Path(run) / "config.json")
 
 
 def filtered_store(session: Session, store: Any, root: str, name: str, console: Any = None

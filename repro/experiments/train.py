@@ -134,14 +134,11 @@ def resolve_config(session: Session, config: str | None, resume: bool, overrides
     ``config`` is None when the user did not name one; naming one on --resume checks that the
     run's checkpoint fits it.
     """
-    from repro.model.config import from_dict, load_config, validate
+    from repro.model.config import load_config, load_saved, validate
 
     saved = session.run / "config.json"
     if resume and saved.exists():
-        try:
-            cfg = from_dict(ckpt._config_table(json.loads(saved.read_text())), str(saved))
-        except ValueError as exc:
-            raise ReproError(f"{saved}: unreadable ({exc})") from None
+        cfg = load_saved(saved)
         ck_dir = session.run / "checkpoints"
         if config is not None and (ck_dir / "latest.json").exists():
             ckpt.check_compatible(ck_dir, load_config(config))

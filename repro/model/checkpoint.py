@@ -26,7 +26,7 @@ from repro.engine.backend import to_numpy
 from repro.engine.comm import World, world
 from repro.engine.partition import box_intersect
 from repro.errors import ReproError
-from repro.model.config import NetworkConfig, from_dict
+from repro.model.config import NetworkConfig, from_saved
 
 FORMAT = 1
 
@@ -120,16 +120,7 @@ def read_manifest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
 
 def config_of(path: str | os.PathLike) -> NetworkConfig:
     ckpt, manifest = read_manifest(path)
-    return from_dict(_config_table(manifest["config"]), str(ckpt / "manifest.json"))
-
-
-def _config_table(d: dict[str, Any]) -> dict[str, Any]:
-    """``NetworkConfig.to_dict()`` back into the TOML table layout ``from_dict`` reads."""
-    rica = dict(d["rica"])
-    rica["lambda"] = rica.pop("lam")
-    return {"name": d["name"], "data": d.get("data", "mini"), "notes": d.get("notes", ""),
-            "input": {"size": list(d["input_size"]), "channels": d["channels"]},
-            "stages": [dict(s) for s in d["stages"]], "rica": rica, "train": dict(d["train"])}
+    return from_saved(manifest["config"], str(ckpt / "manifest.json"))
 
 
 def check_compatible(path: str | os.PathLike, cfg: NetworkConfig) -> None:

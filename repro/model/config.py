@@ -1,7 +1,9 @@
 """Network shapes from ``configs/*.toml``: small dataclasses, validated once, parsed nowhere else."""
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -186,6 +188,30 @@ def from_dict(d: dict[str, Any], where: str = "<config>") -> NetworkConfig:
     except (TypeError, ValueError) as exc:
         raise ReproError(f"{where}: {exc}") from None
     return validate(cfg, where)
+
+
+def from_saved(d: dict[str, Any], where: str = "<saved config>") -> NetworkConfig:
+    """The config back from :meth:`NetworkConfig.to_dict` (a run's config.json, a checkpoint's manifest)."""
+    try:
+        rica = dict(d["rica"])
+        rica["lambda"] = rica.pop("lam")
+        table = {"name": d["name"], "data": d.get("data", "mini"), "notes": d.get("notes", ""),
+                 "input": {"size": list(d["input_size"]), "channels": d["channels"]},
+                 "stages": [dict(s) for s in d["stages"]], "rica": rica, "train": dict(d["train"])}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ReproError(f"{where}: not a saved repro config ({exc!r})") from None
+    return from_dict(table, where)
+
+
+def load_saved(path: str | os.PathLike) -> NetworkConfig:
+    """A run's ``config.json``."""
+    p = Path(path)
+    try:
+        return from_saved(json.loads(p.read_text()), str(p))
+    except FileNotFoundError:
+        raise ReproError(f"{p}: missing; is {p.parent} a `repro train` run folder?") from None
+    except (OSError, ValueError) as exc:
+        raise ReproError(f"{p}: unreadable ({exc})") from None
 
 
 def builtin_configs() -> list[str]:
