@@ -99,13 +99,14 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, thre
 def _print_points(con: Console, points: list[dict]) -> None:
     t = Table(title="fine-tuning update: scaling")
     for c in ("mode", "ranks", "size", "W1 params", "ms/update", "images/s", "GFLOP/s/rank", "comm", "peak/rank",
-              "est./rank", "efficiency"):
+              "est./rank", "efficiency", "weak eff./work"):
         t.add_column(c, justify="left" if c == "mode" else "right")
     for p in points:
         t.add_row(p["mode"], str(p["ranks"]), f"x{p['size']}", f"{p['parameters_W1'] / 1e6:.2f}M",
                   f"{p['update_s'] * 1e3:.1f}", f"{p['images_per_s']:.1f}", f"{p['gflops_per_rank']:.2f}",
                   f"{100 * p['comm_share']:.1f}%", f"{p['peak_bytes'] / 2**20:.1f} MiB",
-                  f"{p['estimate_bytes'] / 2**20:.1f} MiB", f"{p['efficiency']:.2f}")
+                  f"{p['estimate_bytes'] / 2**20:.1f} MiB", f"{p['efficiency']:.2f}",
+                  f"{p['efficiency_work']:.2f}" if "efficiency_work" in p else "")
     con.print(t)
 
 
