@@ -197,3 +197,66 @@ def test_cat_head_crop_from_landmarks(tmp_path):
     assert r.exit_code == 0, r.output
     st = open_store(tmp_path / "r" / "prepared" / "cats" / "test")
     assert len(st) == 1 and st.image(0)[8, 8] > 200 and st.image(0).mean() > 100  # mostly the head
+
+
+def test_prepare_memory_bounded_by_one_shard(tmp_path, monkeypatch):
+    """Records go to disk shard by shard: the preparing process's traced memory does not grow with the
+    number of images (a leak of every record would be ~0.5 MB here), and finish loads no record."""
+    import builtins
+    import io
+    import tracemalloc
+
+    import repro.data.prepare as prep
+    from repro.data.store import StoreWriter
+
+    n, long = 800, "x" * 180
+    src = tmp_path / "src"
+    (src / "pos").mkdir(parents=True)
+    for i in range(n):
+        (src / "pos" / f"{long}{i:04d}.png").touch()  # never decoded: load_item is replaced below
+    m = write_manifest(tmp_path / "big.toml", "big", kind="local",
+                       sources=[{"split": "test", "label": 1, "glob": "pos/*"}])
+    monkeypatch.setattr(prep, "load_item", lambda item, spec: [np.full((16, 16), len(item.path) % 251, np.uint8)])
+    samples: list[int] = []
+    finish_opened: list[str] = []
+    real_write, real_finish = StoreWriter.write_shard, StoreWriter.finish
+
+    def write_shard(self, i, images, records):
+        res = real_write(self, i, images, records)
+        samples.append(tracemalloc.get_traced_memory()[0])
+        return res
+
+    def finish(self, *a, **kw):  # renames sidecars and reads per-shard labels: opens no record sidecar
+        real_open = builtins.open
+
+        def spy(file, *args, **kwargs):
+            finish_opened.append(str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", spy)
+        monkeypatch.setattr(io, "open", spy)
+        try:
+            return real_finish(self, *a, **kw)
+        finally:
+            monkeypatch.setattr(builtins, "open", real_open)
+            monkeypatch.setattr(io, "open", real_open)
+
+    # a tiny prepare first, so one-time lazy imports are not counted as growth
+    (tmp_path / "warm" / "pos").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "warm" / "pos" / f"w{i}.png").touch()
+    prepare(manifest.load(str(m)), tmp_path / "warmroot", workers=1, from_path=tmp_path / "warm")
+    monkeypatch.setattr(StoreWriter, "write_shard", write_shard)
+    monkeypatch.setattr(StoreWriter, "finish", finish)
+    tracemalloc.start()
+    try:
+        [s] = prepare(manifest.load(str(m)), tmp_path / "root", workers=1, from_path=src)
+    finally:
+        tracemalloc.stop()
+    assert s["count"] == n and len(samples) == n // 4
+    growth = samples[-1] - samples[20]  # 720 images written between the two samples
+    assert growth < 100_000, (growth, samples[20], samples[-1])
+    assert finish_opened and not [f for f in finish_opened if "jsonl" in f], finish_opened
+    st = open_store(tmp_path / "root" / "prepared" / "big" / "test")
+    assert len(st) == n and len(st.shards) == n // 4 and st.verify() == []
+    assert sorted(r["source"] for r in st.records) == sorted(f"pos/{long}{i:04d}.png" for i in range(n))

@@ -140,3 +140,29 @@ def test_bad_versions_and_counts(tmp_path):
     (path / "labels.npy").unlink()
     with pytest.raises(ReproError, match="labels"):
         open_store(path)
+
+
+def test_writer_renumbers_empty_shards_and_resumes_from_disk(tmp_path):
+    from repro.data.store import StoreWriter
+
+    x, recs = _toy(9, seed=3)
+    plan = {"p": 1}
+    w = StoreWriter(tmp_path / "s", plan)
+    assert w.write_shard(0, x[:4], [dict(r) for r in recs[:4]]).count == 4
+    w.write_shard(1, x[:0], [])  # empty: dropped, the next shard renumbered
+    # a new writer with the same plan (resume) sees the shards on disk, nothing held in memory
+    w = StoreWriter(tmp_path / "s", plan)
+    assert w.done(0).count == 4 and w.done(1).count == 0 and w.done(2) is None
+    w.write_shard(2, x[4:], [dict(r) for r in recs[4:]])
+    st = open_store(w.finish((4, 4), [4, 0, 5], "toy", "train", {}))
+    assert [s["count"] for s in st.shards] == [4, 5] and st.verify() == []
+    assert [(r["shard"], r["offset"], r["extra"]) for r in st.shard_records(1)] == [(1, i, 4 + i) for i in range(5)]
+    assert st.labels.tolist() == [r["label"] for r in recs]
+    np.testing.assert_array_equal(st.images(np.arange(9)), x)
+    assert sorted(p.name for p in st.path.iterdir()) == ["index.json", "labels.npy"] + [
+        f"shard-{i:05d}{e}" for i in range(2) for e in (".npy", ".records.jsonl")]
+    # finish checks the files against the counts it is given
+    w = StoreWriter(tmp_path / "t", plan)
+    w.write_shard(0, x[:2], [dict(r) for r in recs[:2]])
+    with pytest.raises(ReproError, match="shard 0"):
+        w.finish((4, 4), [3], "toy", "train", {})

@@ -246,7 +246,9 @@ def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, 
     chunks = [items[i:i + per] for i in range(0, len(items), per)]
     shape = tuple(spec.size) if spec.grey else (*spec.size, 3)
     workers = workers or max(1, os.cpu_count() or 1)
-    results, skipped, skipped_files, reused = [], 0, [], 0
+    # only per-shard counts are kept here: records and labels go to disk with each shard (bounded memory)
+    counts: list[int] = []
+    skipped, skipped_files, reused = 0, [], 0
     t0, n_img = time.perf_counter(), 0
     with Progress(TextColumn(f"[bold]{m.name}/{split}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as prog, \
@@ -255,7 +257,7 @@ def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, 
         for k, chunk in enumerate(chunks):
             res = writer.done(k)
             if res is not None:
-                results.append(res)
+                counts.append(res.count)
                 reused += 1
                 if spec.video_every == 0:
                     skipped += len(chunk) - res.count
@@ -281,18 +283,18 @@ def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, 
                     imgs.append(img)
                     src = it.path if base is None else os.path.relpath(it.path, base if base.is_dir() else base.parent)
                     recs.append({"label": it.label, "source": src if len(got) == 1 else f"{src}#{j}"})
-                prog.update(task, advance=1)
             arr = np.stack(imgs) if imgs else np.zeros((0, *shape), np.uint8)
-            results.append(writer.write_shard(k, arr, recs))
-            n_img += len(imgs)
+            counts.append(writer.write_shard(k, arr, recs).count)
+            del imgs, recs, arr
+            n_img += counts[-1]
             dt = time.perf_counter() - t0
-            prog.update(task, advance=0, rate=f"{n_img / max(dt, 1e-9):.0f} img/s")
-    count = sum(r.count for r in results)
+            prog.update(task, advance=len(chunk), rate=f"{n_img / max(dt, 1e-9):.0f} img/s")
+    count = sum(counts)
     if count == 0:
         raise ReproError(f"{m.path or m.name}: split '{split}': no image could be decoded")
     info = {"skipped": skipped, "skipped_files": skipped_files, "reused_shards": reused,
             "seconds": round(time.perf_counter() - t0, 3)}
-    writer.finish(shape, results, m.name, split, params, info)
+    writer.finish(shape, counts, m.name, split, params, info)
     return out, {"split": split, "count": count, **info}
 
 

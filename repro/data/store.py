@@ -37,8 +37,10 @@ Version 1 (still read): the same shards, no ``labels.npy`` or sidecars, and ever
 ``index.json`` under ``"records"`` (the whole list is parsed at open). Re-run
 ``repro data prepare NAME --force`` to rewrite such a store as version 2.
 
-Writing: each shard goes to a temp name then is renamed; at the end the sidecars and ``labels.npy``
-are written the same way and ``index.json`` last (also via a temp name). A writer pointed at a
+Writing: each shard's pixels, labels and records go to temp names then are renamed as soon as the
+shard is finished (memory holds one shard, whatever the store's size); at the end ``labels.npy`` is
+assembled from the per-shard labels, the sidecars renamed into place and ``index.json`` written last
+(also via a temp name). A writer pointed at a
 directory that already holds complete shards with the same parameters reuses them: that is what
 makes ``prepare`` resumable.
 """
@@ -331,19 +333,47 @@ def open_store(path: str | os.PathLike) -> Store:
 
 @dataclass
 class ShardResult:
-    """What one finished shard holds: its pixels' records (without shard/offset yet)."""
+    """What one finished shard holds: only its image count (its records and labels are on disk, in
+    the work-in-progress files of ``StoreWriter``, never kept in memory)."""
 
     count: int
-    records: list[dict[str, Any]]
+
+
+def wip_records_name(i: int) -> str:
+    """Work-in-progress sidecar of shard ``i`` in ``<store>.partial/`` (its presence marks the shard done)."""
+    return f"shard-{i:05d}.wip.jsonl"
+
+
+def wip_labels_name(i: int) -> str:
+    return f"shard-{i:05d}.labels.npy"
+
+
+def _npy_rows(p: Path) -> int | None:
+    """Leading dimension of a ``.npy`` file from its header (no data read), None if unreadable."""
+    try:
+        with open(p, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(fh)
+        return int(shape[0]) if shape else None
+    except (OSError, ValueError):
+        return None
 
 
 class StoreWriter:
     """Builds a store in ``<final>.partial/`` and renames it to ``<final>`` when complete.
 
+    Memory stays bounded by one shard: ``write_shard`` puts the shard's pixels (``shard-K.npy``), its
+    labels (``shard-K.labels.npy``) and, last, its records (``shard-K.wip.jsonl``, already carrying
+    ``shard``/``offset``) on disk and returns only the count; ``finish`` assembles ``labels.npy``
+    from the per-shard label files through a memory map and renames the sidecars into place
+    (re-writing one line at a time only where empty shards were dropped), never holding records.
+
     Resumable: ``plan`` (a JSON-able description of the inputs and parameters) is saved in the
-    partial directory; a rerun with the same plan reuses every shard that has both its ``.npy`` and
-    its sidecar ``.npy.json`` (the work-in-progress records); with a different plan the partial
-    directory is discarded.
+    partial directory; a rerun with the same plan reuses every shard whose three files are present
+    and agree on the count; with a different plan the partial directory is discarded. A ``finish``
+    that must renumber shards first removes ``plan.json``, so if it is interrupted the next run
+    starts afresh instead of reusing half-renamed files.
     """
 
     def __init__(self, final: str | os.PathLike, plan: dict[str, Any], resume: bool = True):
@@ -365,59 +395,91 @@ class StoreWriter:
             write_json_atomic(plan_path, plan)
 
     def done(self, i: int) -> ShardResult | None:
-        """The sidecar of shard ``i`` if that shard is already complete (resume), else None."""
-        npy, side = self.tmp / shard_name(i), self.tmp / (shard_name(i) + ".json")
-        if npy.is_file() and side.is_file():
-            try:
-                recs = json.loads(side.read_text())
-                return ShardResult(count=len(recs), records=recs)
-            except (OSError, json.JSONDecodeError):
+        """``ShardResult`` of shard ``i`` if it is already complete (resume), else None.
+
+        Reads only the two ``.npy`` headers, not the records."""
+        side = self.tmp / wip_records_name(i)
+        if not side.is_file():
+            side = self.tmp / records_name(i)  # renamed by a finish interrupted later (plan kept: no renumbering)
+            if not side.is_file():
                 return None
-        return None
+        n = _npy_rows(self.tmp / shard_name(i))
+        if n is None or n != _npy_rows(self.tmp / wip_labels_name(i)):
+            return None
+        return ShardResult(count=n)
 
     def write_shard(self, i: int, images: np.ndarray, records: list[dict[str, Any]]) -> ShardResult:
-        """Write shard ``i`` (pixels first, then its sidecar: the sidecar marks it complete)."""
-        assert len(images) == len(records)
-        for img, r in zip(images, records):
-            r["sha256"] = pixel_sha256(img)
-        save_shard(self.tmp / shard_name(i), images)
-        write_json_atomic(self.tmp / (shard_name(i) + ".json"), records)
-        return ShardResult(count=len(records), records=records)
+        """Write shard ``i``: pixels, labels, then its records (the sidecar marks it complete).
 
-    def finish(self, shape: Sequence[int], results: Iterable[ShardResult], manifest: str, split: str,
+        ``records`` get ``sha256`` set; nothing of them is kept once this returns."""
+        assert len(images) == len(records)
+        rows = []
+        for off, (img, r) in enumerate(zip(images, records)):
+            r["sha256"] = pixel_sha256(img)
+            rows.append({"shard": i, "offset": off, **{k: v for k, v in r.items() if k not in ("shard", "offset")}})
+        save_shard(self.tmp / shard_name(i), images)
+        save_npy(self.tmp / wip_labels_name(i), np.asarray([int(r["label"]) for r in rows], dtype=np.int64))
+        write_jsonl_atomic(self.tmp / wip_records_name(i), rows)
+        return ShardResult(count=len(rows))
+
+    def finish(self, shape: Sequence[int], results: Iterable[ShardResult | int], manifest: str, split: str,
                params: dict[str, Any], info: dict[str, Any] | None = None) -> Path:
-        """Write the record sidecars, ``labels.npy`` and (last) ``index.json``, then rename the
-        partial directory into place (replacing an old store). Empty shards are dropped and the
-        rest renumbered, so shard files are contiguous and images are numbered in shard order."""
-        results = list(results)
-        keep = [i for i, res in enumerate(results) if res.count > 0]
+        """Write ``labels.npy``, move the record sidecars into place and write (last) ``index.json``,
+        then rename the partial directory into place (replacing an old store). Empty shards are
+        dropped and the rest renumbered, so shard files are contiguous and images are numbered in
+        shard order. Holds one shard's labels at a time and no records."""
+        counts = [int(r.count if isinstance(r, ShardResult) else r) for r in results]
+        keep = [i for i, c in enumerate(counts) if c > 0]
         remap = {old: new for new, old in enumerate(keep)}
-        for old in range(len(results)):
+        for old in keep:  # every kept shard must be on disk, its files agreeing with its count
+            n = self.done(old)
+            if n is None or n.count != counts[old]:
+                raise ReproError(f"{self.tmp}: shard {old} should hold {counts[old]} images but its files are "
+                                 f"missing or disagree; re-run with --force")
+        if any(remap[old] != old for old in keep):
+            (self.tmp / "plan.json").unlink(missing_ok=True)  # an interrupted renumbering is not resumable
+        total = sum(counts)
+        with atomic.target(self.tmp / LABELS, fsync=True) as tmp:
+            if total == 0:
+                np.save(tmp, np.zeros(0, np.int64), allow_pickle=False)
+            else:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(total,))
+                pos = 0
+                for old in keep:
+                    lab = np.load(self.tmp / wip_labels_name(old), allow_pickle=False)
+                    out[pos:pos + len(lab)] = lab
+                    pos += len(lab)
+                out.flush()
+                del out
+        shards = []
+        for old in range(len(counts)):
             src = self.tmp / shard_name(old)
-            if old in remap and remap[old] != old:
-                os.replace(src, self.tmp / shard_name(remap[old]))
-            elif old not in remap and src.exists():
-                src.unlink()
-        shards, labels = [], []
-        for old in keep:
-            new, res = remap[old], results[old]
-            if len(res.records) != res.count:
-                raise ReproError(f"{self.tmp}: shard {old} has {res.count} images but {len(res.records)} records")
-            recs = [{"shard": new, "offset": off,
-                     **{k: v for k, v in r.items() if k not in ("shard", "offset")}}
-                    for off, r in enumerate(res.records)]
-            labels.extend(int(r["label"]) for r in recs)
-            write_jsonl_atomic(self.tmp / records_name(new), recs)
-            shards.append({"file": shard_name(new), "count": res.count, "records": records_name(new)})
-        save_npy(self.tmp / LABELS, np.asarray(labels, dtype=np.int64))
+            if old in remap:
+                new = remap[old]
+                if new != old:
+                    os.replace(src, self.tmp / shard_name(new))
+                side = self.tmp / wip_records_name(old)
+                if not side.is_file():
+                    side = self.tmp / records_name(old)
+                if new == old:
+                    if side.name != records_name(new):
+                        os.replace(side, self.tmp / records_name(new))
+                else:
+                    _renumber_sidecar(side, self.tmp / records_name(new), new)
+                    side.unlink()
+                shards.append({"file": shard_name(new), "count": counts[old], "records": records_name(new)})
+            else:
+                for f in (src, self.tmp / wip_records_name(old), self.tmp / records_name(old)):
+                    f.unlink(missing_ok=True)
         wanted = {s["records"] for s in shards}
         for f in self.tmp.glob("*.records.jsonl"):  # left by an interrupted earlier finish
             if f.name not in wanted:
                 f.unlink()
-        for f in self.tmp.glob("*.json"):
-            f.unlink()
+        for pattern in ("*.json", "*.wip.jsonl", "*.labels.npy"):
+            for f in self.tmp.glob(pattern):
+                f.unlink()
         index = {"format": FORMAT, "version": VERSION, "manifest": manifest, "split": split,
-                 "shape": list(shape), "dtype": "uint8", "count": len(labels), "labels": LABELS,
+                 "shape": list(shape), "dtype": "uint8", "count": total, "labels": LABELS,
                  "shards": shards, "params": params, "info": info or {}}
         write_json_atomic(self.tmp / INDEX, index)
         if self.final.exists():
@@ -429,6 +491,17 @@ class StoreWriter:
         else:
             os.replace(self.tmp, self.final)
         return self.final
+
+
+def _renumber_sidecar(src: Path, dst: Path, shard: int) -> None:
+    """Copy a sidecar setting every record's ``shard`` (one line at a time; temp name + rename)."""
+    with atomic.target(dst, fsync=True) as tmp, open(src, encoding="utf-8") as fin, \
+            open(tmp, "w", encoding="utf-8") as fout:
+        for line in fin:
+            if line.strip():
+                r = json.loads(line)
+                r["shard"] = shard
+                fout.write(json.dumps(r, separators=(",", ":"), default=atomic._jsonable) + "\n")
 
 
 def _rmtree(p: Path) -> None:
