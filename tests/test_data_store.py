@@ -22,7 +22,7 @@ def _toy(n: int, size: int = 4, seed: int = 0):
     return x, recs
 
 
-def test_open_reads_no_sidecar_and_is_fast(tmp_path, monkeypatch):
+def test_open_reads_no_sidecar(tmp_path, monkeypatch):
     x, recs = _toy(20000)
     path = write_store(tmp_path / "big", x, recs, "toy", "train", {"k": 1}, shard_size=1000)
     idx_bytes = (path / "index.json").stat().st_size
