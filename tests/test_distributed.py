@@ -28,10 +28,12 @@ def serial_network():
     return S.scenario_network()
 
 
+@pytest.mark.parametrize("overlap", ["1", "0"])
 @pytest.mark.parametrize("n", RANKS)
-def test_network_distributed_equals_serial(n, tmp_path, serial_network):
+def test_network_distributed_equals_serial(n, overlap, tmp_path, serial_network):
+    """With the halo hidden behind the tile's interior (interior + boundary strips) and without."""
     out = tmp_path / "r.npz"
-    run_mpi(n, [SCRIPT, "network", str(out)])
+    run_mpi(n, [SCRIPT, "network", str(out)], env={"REPRO_OVERLAP_HALOS": overlap})
     r = np.load(out)
     assert set(r.files) == set(serial_network)
     for k, v in serial_network.items():
@@ -79,3 +81,17 @@ def test_local_features_and_distributed_best(n, tmp_path):
         assert np.all(r[k]), f"{k} on {n} ranks"
     if n in (3, 6):
         assert int(r["tiny.1.pool.empty_tiles"]) > 0
+
+
+def test_overlap_policy(monkeypatch):
+    import numpy as np
+
+    from repro.engine.comm import world
+    from repro.engine.distarray import overlap_halos
+
+    monkeypatch.delenv("REPRO_OVERLAP_HALOS", raising=False)
+    assert overlap_halos(world(), np) is False  # one rank: no halo to hide
+    monkeypatch.setenv("REPRO_OVERLAP_HALOS", "1")
+    assert overlap_halos(world(), np) is True
+    monkeypatch.setenv("REPRO_OVERLAP_HALOS", "0")
+    assert overlap_halos(world(), np) is False

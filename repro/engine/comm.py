@@ -27,6 +27,7 @@ class World:
     """One MPI communicator and what the engine needs to know about it."""
 
     comm: Any = field(default_factory=lambda: MPI.COMM_WORLD)
+    _single_node: bool | None = field(default=None, init=False, repr=False)
 
     @property
     def rank(self) -> int:
@@ -39,6 +40,14 @@ class World:
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    def single_node(self) -> bool:
+        """Whether every rank runs on this node (messages then go through shared memory).
+        Collective on its first call; cached after."""
+        if self._single_node is None:
+            names = {MPI.Get_processor_name()} if self.size == 1 else set(self.comm.allgather(MPI.Get_processor_name()))
+            self._single_node = len(names) == 1
+        return self._single_node
 
     def barrier(self) -> None:
         self.comm.Barrier()
