@@ -128,3 +128,11 @@ def test_console_entry_point_exit_code(tmp_path):
     assert p.returncode != 0
     assert p.stderr.strip().splitlines() == ["Error: unknown config 'nope': choose one of le2012, mini or give a "
                                              "path to a .toml file"]
+
+
+def test_diverging_training_stops_with_one_line(tmp_path, data_root):
+    r = invoke("train", "--out", tmp_path / "r", "--root", data_root, "--layer-steps", 30, "--batch", 16,
+               "--lr", 10)
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    last = r.output.strip().splitlines()[-1]  # after the progress bar's last state
+    assert last.startswith("Error: loss diverged at step") and "--lr" in last

@@ -29,6 +29,9 @@ from repro.model.network import Network, apply_update, load_checkpoint, save_che
 from repro.model.optim import Optimizer
 
 
+DIVERGED = 1e3  # a phase whose loss grows this many times over its first step has diverged
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str  # "stage0" ... or "finetune"
@@ -79,6 +82,7 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
     session.write_json("config.json", cfg.to_dict())
     log_path = session.run / "train-log.jsonl"
     losses: dict[str, float] = {}
+    phase_start_loss: dict[str, float] = {}
     t0, seen = time.perf_counter(), 0
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
@@ -96,8 +100,10 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
             else:
                 loss, grads = net.layer_loss_and_grads(x, phase.stage)
             apply_update(net, opt, grads)
-            if not np.isfinite(loss):
-                raise ReproError(f"loss became {loss} at step {g} ({phase.name}); lower train.lr")
+            first = phase_start_loss.setdefault(phase.name, loss)
+            if not np.isfinite(loss) or loss > DIVERGED * first:
+                raise ReproError(f"loss diverged at step {g + 1} ({phase.name}: {first:.4g} -> {loss:.4g}); "
+                                 "lower train.lr (--lr)")
             losses[phase.name] = loss
             seen += t.batch
             ips = seen / (time.perf_counter() - t0)

@@ -56,17 +56,17 @@ def init_tile(cfg: NetworkConfig, stage: int, which: str, tile: tuple[int, int, 
     """
     _, _, F, C, k, _ = cfg.weight_shape(stage)
     y0, y1, x0, x1 = tile
-    out = np.empty((y1 - y0, x1 - x0, F, C, k, k), dtype=np.float64)
+    out = np.empty((y1 - y0, x1 - x0, F, C, k, k), dtype=dtype)  # no full-size float64 copy
     kind = {"W1": 1, "W2": 2}[which]
     for oy in range(y0, y1):
         for ox in range(x0, x1):
-            rng = np.random.default_rng([seed, stage, kind, oy, ox])
-            out[oy - y0, ox - x0] = rng.standard_normal((F, C, k, k))
-    if which == "W1":
-        out /= np.sqrt((out ** 2).sum(axis=(3, 4, 5), keepdims=True))
-    else:
-        out *= 0.1 / np.sqrt(C * k * k)
-    return out.astype(dtype)
+            w = np.random.default_rng([seed, stage, kind, oy, ox]).standard_normal((F, C, k, k))
+            if which == "W1":
+                w /= np.sqrt((w ** 2).sum(axis=(1, 2, 3), keepdims=True))
+            else:
+                w *= 0.1 / np.sqrt(C * k * k)
+            out[oy - y0, ox - x0] = w
+    return out
 
 
 def standardize(x: Any) -> Any:
