@@ -2,7 +2,8 @@
 
 Counted for the joint fine-tuning update (the largest of the training steps), in the run's dtype:
     parameters      W1 and W2 tiles of every stage
-    gradients       one array per parameter
+    gradients       one array per parameter (tied decoders: plus the decoder gradient of one stage,
+                    held until it is added into the encoder's)
     optimizer       one state array per parameter (momentum velocity or AdaGrad sum of squares)
     activations     what the backward pass keeps per stage: input tile and window, filter output
                     and its pooling window, pooling output and its LCN window, LCN output
@@ -81,12 +82,13 @@ def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4, gpu:
     out = []
     for r in range(ranks):
         lay = Layout.build(cfg, _FakeWorld(r, ranks))
-        params = acts = halos = work = 0
+        params = acts = halos = work = stage_w = 0
         for i, (s, L) in enumerate(zip(cfg.stages, lay.stages)):
             C, F = cfg.stage_channels(i), s.maps
             locs = _area(L.part_f.tile(r))
             K = C * s.filter * s.filter
             params += (1 if cfg.rica.tied else 2) * locs * F * K
+            stage_w = max(stage_w, locs * F * K)
             acts += batch * (C * (_area(L.part_in.tile(r)) + _area(L.plan_in.window))
                              + F * (_area(L.part_f.tile(r)) + _area(L.plan_f.window) + _area(L.part_p.tile(r))
                                     + _area(L.plan_p.window) + _area(L.part_n.tile(r))))
@@ -95,7 +97,9 @@ def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4, gpu:
             if fy and fx:
                 shape = (fy, fx, F, C, s.filter, s.filter)
                 work = max(work, lc_workspace_bytes(batch, shape, itemsize, gpu, s.stride) // itemsize)
-        out.append(RankMemory(r, lay.stages[0].part_f.tile(r), params * itemsize, params * itemsize,
+        # tied decoders: the decoder's gradient of the stage in hand exists until it is added to W1's
+        grads = params + (stage_w if cfg.rica.tied else 0)
+        out.append(RankMemory(r, lay.stages[0].part_f.tile(r), params * itemsize, grads * itemsize,
                               params * itemsize, acts * itemsize, halos * itemsize, work * itemsize))
     return out
 

@@ -172,7 +172,8 @@ class Network:
             loss, dW1, dW2, da = self.stages[i].rica(c, self.params[f"stage{i}.W1"], self.decoder(i), dz,
                                                      need_input_grad)
         if self.cfg.rica.tied:
-            return loss, {f"stage{i}.W1": dW1 + dW2}, da
+            dW1 += dW2  # in place: no third weight-sized array
+            return loss, {f"stage{i}.W1": dW1}, da
         return loss, {f"stage{i}.W1": dW1, f"stage{i}.W2": dW2}, da
 
     def layer_loss_and_grads(self, images: Any, i: int) -> tuple[float, dict[str, Any]]:
