@@ -11,7 +11,7 @@ import pytest
 from repro.experiments import evaluate as ev
 from repro.model.network import standardize
 
-from conftest import invoke, one_line_error, run_mpi
+from conftest import invoke, one_line_error, run_mpi, train_tiny_run
 
 
 # ---------------------------------------------------------------- pure functions vs slow loops
@@ -93,11 +93,7 @@ def _obj():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 3-steps-per-stage mini run and its data root (built once for this module)."""
-    d = tmp_path_factory.mktemp("ev")
-    root, run = d / "data", d / "run"
-    r = invoke("train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16")
-    assert r.exit_code == 0, r.output
-    return run, root
+    return train_tiny_run(tmp_path_factory.mktemp("ev"))
 
 
 def _eval_args(run: Path, root: Path, *more: str) -> list[str]:

@@ -16,7 +16,7 @@ from repro.experiments import visualize as vis
 from repro.model.config import load_config
 from repro.model.network import Network, standardize
 
-from conftest import invoke, one_line_error, run_mpi
+from conftest import invoke, one_line_error, run_mpi, train_tiny_run
 
 
 # ---------------------------------------------------------------- pieces
@@ -79,10 +79,7 @@ def test_transforms() -> None:
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 3-steps-per-stage mini run, evaluated on faces (small baselines)."""
-    d = tmp_path_factory.mktemp("vis")
-    root, run = d / "data", d / "run"
-    r = invoke("train", "--out", str(run), "--root", str(root), "--layer-steps", "3", "--batch", "16")
-    assert r.exit_code == 0, r.output
+    run, root = train_tiny_run(tmp_path_factory.mktemp("vis"))
     r = invoke("evaluate", "--concept", "faces", "--checkpoint", str(run), "--root", str(root),
                  "--linear-filters", "64", "--one-layer-steps", "1")
     assert r.exit_code == 0, r.output

@@ -152,8 +152,10 @@ def stratified_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
-def held_out(F: np.ndarray, y: np.ndarray, seed: int, n: int = N_THRESHOLDS) -> dict[str, Any]:
-    """Choose neuron and threshold on one half, measure on the other; both ways; the mean."""
+def _held_out(y: np.ndarray, seed: int, choose: Callable[[np.ndarray], tuple[dict[str, Any], Callable]]
+              ) -> dict[str, Any]:
+    """The held-out split, both ways. ``choose(sel)`` picks neuron and threshold on images ``sel`` and
+    returns (its best_neuron dict, ``measure(ev) -> accuracy`` on other images)."""
     y = np.asarray(y, dtype=bool)
     A, B = stratified_halves(y, seed)
     out: dict[str, Any] = {"seed": seed, "halves": [int(len(A)), int(len(B))]}
@@ -162,13 +164,24 @@ def held_out(F: np.ndarray, y: np.ndarray, seed: int, n: int = N_THRESHOLDS) -> 
         if len(np.unique(y[sel])) < 2 or len(ev) == 0:
             raise ReproError("held-out split: a half of the test set lacks positives or negatives "
                              "(the test set is too small)")
-        b = best_neuron(F[sel], y[sel], n)
-        acc = accuracy_at(F[ev, b["index"]], y[ev], b["threshold"])
+        b, measure = choose(sel)
+        acc = measure(ev)
         out[name] = {"index": b["index"], "threshold": b["threshold"], "selection_accuracy": b["accuracy"],
                      "accuracy": acc}
         accs.append(acc)
     out["accuracy"] = float(np.mean(accs))
     return out
+
+
+def held_out(F: np.ndarray, y: np.ndarray, seed: int, n: int = N_THRESHOLDS) -> dict[str, Any]:
+    """Choose neuron and threshold on one half, measure on the other; both ways; the mean."""
+    y = np.asarray(y, dtype=bool)
+
+    def choose(sel: np.ndarray) -> tuple[dict[str, Any], Callable]:
+        b = best_neuron(F[sel], y[sel], n)
+        return b, lambda ev: accuracy_at(F[ev, b["index"]], y[ev], b["threshold"])
+
+    return _held_out(y, seed, choose)
 
 
 def balanced_subsample(y: np.ndarray, seed: int) -> np.ndarray:
@@ -322,21 +335,16 @@ def distributed_held_out(w: World, F: np.ndarray, index: np.ndarray, y: np.ndarr
                          n: int = N_THRESHOLDS) -> dict[str, Any]:
     """:func:`held_out` on rank-local columns: choose on one half across ranks, the owner measures on the other."""
     y = np.asarray(y, dtype=bool)
-    A, B = stratified_halves(y, seed)
-    out: dict[str, Any] = {"seed": seed, "halves": [int(len(A)), int(len(B))]}
-    accs = []
-    for name, sel, ev in (("a_to_b", A, B), ("b_to_a", B, A)):
-        if len(np.unique(y[sel])) < 2 or len(ev) == 0:
-            raise ReproError("held-out split: a half of the test set lacks positives or negatives "
-                             "(the test set is too small)")
+
+    def choose(sel: np.ndarray) -> tuple[dict[str, Any], Callable]:
         b, owner, k = distributed_best(w, F[sel], index, y[sel], n)
-        acc = accuracy_at(F[ev, k], y[ev], b["threshold"]) if w.rank == owner else None
-        acc = w.bcast(acc, root=owner)
-        out[name] = {"index": b["index"], "threshold": b["threshold"], "selection_accuracy": b["accuracy"],
-                     "accuracy": acc}
-        accs.append(acc)
-    out["accuracy"] = float(np.mean(accs))
-    return out
+
+        def measure(ev: np.ndarray) -> float:
+            acc = accuracy_at(F[ev, k], y[ev], b["threshold"]) if w.rank == owner else None
+            return w.bcast(acc, root=owner)
+        return b, measure
+
+    return _held_out(y, seed, choose)
 
 
 def column_to_root(w: World, F: np.ndarray, owner: int, column: int) -> np.ndarray | None:
