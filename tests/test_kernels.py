@@ -429,3 +429,43 @@ def test_kernels_leave_the_blas_thread_count_alone():
     lc_backward_data(y, W, 3, x.shape)
     lc_backward_weights(x, y, 3, 8)
     assert fns[0]() == before
+
+
+# ---------------------------------------------------------------- layout moves (CPU)
+@pytest.mark.parametrize("shape", [(3, 70001), (100, 4097), (4097, 100), (17, 33), (1, 5), (5, 1)])
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_transpose2d_tiled_equals_numpy(shape, threads, monkeypatch):
+    """The tiled, threaded transpose (forced on small arrays) is an exact a.T for tall, wide,
+    ragged and degenerate shapes, on one and several threads."""
+    import repro.engine.kernels._layout as layout
+
+    monkeypatch.setattr(layout, "_MIN_TILED_BYTES", 0)
+    monkeypatch.setenv("REPRO_KERNEL_THREADS", threads)
+    a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = layout.transpose2d(a)
+    assert out.flags.c_contiguous and out.shape == shape[::-1]
+    np.testing.assert_array_equal(out, a.T)
+
+
+def test_batch_last_and_back_round_trip(monkeypatch):
+    import repro.engine.kernels._layout as layout
+
+    monkeypatch.setattr(layout, "_MIN_TILED_BYTES", 0)
+    x = np.random.default_rng(1).standard_normal((7, 3, 11, 13))
+    xt = layout.batch_last(x)
+    np.testing.assert_array_equal(xt, np.moveaxis(x, 0, -1))
+    np.testing.assert_array_equal(layout.batch_first(xt), x)
+
+
+@pytest.mark.parametrize("case", LC_CASES)
+def test_lc_cpu_kernels_with_tiled_layout_moves(case, monkeypatch):
+    """Every CPU kernel with its layout moves forced through the tiled transpose."""
+    import repro.engine.kernels._layout as layout
+
+    monkeypatch.setattr(layout, "_MIN_TILED_BYTES", 0)
+    x, W, dy, k, s = _lc_case(case)
+    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x, dy, s, k),
+                               rtol=1e-12, atol=1e-12)

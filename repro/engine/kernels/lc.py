@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from repro.engine.backend import get_array_module
+from repro.engine.kernels._layout import batch_first, batch_last
 from repro.engine.kernels._parallel import map_chunks, n_threads
 
 Array = Any
@@ -89,7 +90,8 @@ def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu:
         X = B*C*H*W (the input, copied batch-last; H = (OY-1)*s + k + s-1, likewise W),
         workspace = itemsize * max(X + T*c*B*(K+F),                  forward
                                    X + L*F*B + T*c*K*(B+F),          backward-weights
-                                   L*F*B + T*(X + c*K*B))            backward-data
+                                   L*F*B + T*(X + c*K*B),            backward-data
+                                   2*L*F*B)                          dy moved per location
         (batch-last terms; backward-weights batch-first, F >= _CPU_BATCH_FIRST_MIN_F, needs less:
         L*F*B + T*c*B*K, so the bound holds for both layouts.)
     stride: needed on the CPU only (for X); None assumes stride = k, an upper bound for every
@@ -103,7 +105,8 @@ def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu:
     s = k if stride is None else int(stride)
     X = B * c * ((oy - 1) * s + k + s - 1) * ((ox - 1) * s + k + s - 1)
     T, n = n_threads(), min(L, max(1, _CPU_CHUNK_BYTES // (K * B * isz)))
-    return isz * max(X + T * n * B * (K + f), X + L * f * B + T * n * K * (B + f), L * f * B + T * (X + n * K * B))
+    return isz * max(X + T * n * B * (K + f), X + L * f * B + T * n * K * (B + f), L * f * B + T * (X + n * K * B),
+                     2 * L * f * B)
 
 
 def _is_gpu(xp: Any) -> bool:
@@ -115,10 +118,11 @@ def _chunk_size(xp: Any, n_loc: int, per_loc_bytes: int) -> int:
     return max(1, min(n_loc, budget // max(per_loc_bytes, 1)))
 
 
-def _batch_last(x: Array) -> Array:
-    """(B, C, H, W) -> contiguous (C, H, W, B)."""
-    xp = get_array_module(x)
-    return xp.ascontiguousarray(xp.moveaxis(x, 0, -1))
+def _per_location(dy: Array) -> Array:
+    """(B, F, OY, OX) -> contiguous (L, F, B), L = OY*OX: one (F, B) matrix per location (CPU)."""
+    B, F, OY, OX = dy.shape
+    fl = batch_last(dy)  # (F, OY, OX, B)
+    return np.ascontiguousarray(fl.reshape(F, OY * OX, B).transpose(1, 0, 2))  # runs of B numbers
 
 
 def _windows(xt: Array, k: int, stride: int, oy: int, ox: int) -> Array:
@@ -165,7 +169,7 @@ def lc_forward(x: Array, W: Array, stride: int) -> Array:
     Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K), a view when W is
     if _is_gpu(xp) or _FORCE_GENERIC:
         return _forward_gpu(x.astype(dtype, copy=False), Wm, (OY, OX), k, stride)
-    xt = _batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
+    xt = batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
     y = xp.empty((B, F, OY, OX), dtype=dtype)
     yf = y.reshape(B, F, L)
@@ -195,9 +199,9 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
     if F >= _CPU_BATCH_FIRST_MIN_F:
         dW = _backward_weights_cpu_bf(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride)
         return dW.reshape(OY, OX, F, C, k, k)
-    xt = _batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
+    xt = batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
-    dyt = xp.ascontiguousarray(dy.astype(dtype, copy=False).transpose(2, 3, 1, 0)).reshape(L, F, B)
+    dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B)
     dW = xp.empty((L, F, K), dtype=dtype)
 
     dyt = dyt.transpose(0, 2, 1)  # (L, B, F) view
@@ -233,9 +237,9 @@ def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, i
     if _is_gpu(xp) or _FORCE_GENERIC:
         return _backward_data_grouped(Wm, dy.astype(dtype, copy=False), (B, C, H, Wd), OY, OX, k, stride)
     Wt = Wm.transpose(0, 2, 1)  # (L, K, F) view
-    dyt = xp.ascontiguousarray(dy.astype(dtype, copy=False).transpose(2, 3, 1, 0)).reshape(L, F, B)
+    dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B)
     dxt = _backward_data_blocks(Wt, dyt, (C, H, Wd, B), OY, OX, k, stride)
-    return xp.ascontiguousarray(xp.moveaxis(dxt, -1, 0))  # (C, H, W, B) -> (B, C, H, W)
+    return batch_first(dxt)  # (C, H, W, B) -> (B, C, H, W)
 
 
 _FORCE_GENERIC = False  # tests flip this to run the GPU code path on NumPy
@@ -409,7 +413,7 @@ def _backward_weights_cpu_bf(x: Array, dy: Array, k: int, s: int) -> Array:
     _, F, OY, OX = dy.shape
     L, K = OY * OX, C * k * k
     win = _windows_bf(x, k, s, OY, OX)
-    dyt = np.ascontiguousarray(dy.transpose(2, 3, 1, 0)).reshape(L, F, B)
+    dyt = _per_location(dy)  # (L, F, B)
     dW = np.empty((L, F, K), dtype=x.dtype)
     c = _chunk_size(np, L, K * B * x.itemsize)
     scratch = _PerThread(((c, B, C, k, k),), x.dtype)
