@@ -99,8 +99,12 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def map_chunks(fn: Callable[[int, int], None], n: int, chunk: int, gpu: bool = False) -> None:
-    """Call fn(lo, hi) for consecutive ranges of size <= chunk covering range(n)."""
+def map_chunks(fn: Callable[[int, int], None], n: int, chunk: int, gpu: bool = False, blas: bool = True) -> None:
+    """Call fn(lo, hi) for consecutive ranges of size <= chunk covering range(n).
+
+    blas=False: fn makes no BLAS calls, so OpenBLAS's thread count is left alone (setting it back
+    after the pool wakes OpenBLAS's own threads, which then spin on the cores the next call needs).
+    """
     ranges = [(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
     if gpu or len(ranges) == 1 or n_threads() == 1:
         for lo, hi in ranges:
@@ -119,6 +123,6 @@ def map_chunks(fn: Callable[[int, int], None], n: int, chunk: int, gpu: bool = F
                 return
             fn(*r)
 
-    with single_threaded_blas():
+    with single_threaded_blas() if blas else contextlib.nullcontext():
         for f in [_pool().submit(worker) for _ in range(min(n_threads(), len(ranges)))]:
             f.result()

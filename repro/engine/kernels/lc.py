@@ -90,8 +90,7 @@ def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu:
         X = B*C*H*W (the input, copied batch-last; H = (OY-1)*s + k + s-1, likewise W),
         workspace = itemsize * max(X + T*c*B*(K+F),                  forward
                                    X + L*F*B + T*c*K*(B+F),          backward-weights
-                                   L*F*B + T*(X + c*K*B),            backward-data
-                                   2*L*F*B)                          dy moved per location
+                                   L*F*B + T*(X + c*K*B))            backward-data
         (batch-last terms; backward-weights batch-first, F >= _CPU_BATCH_FIRST_MIN_F, needs less:
         L*F*B + T*c*B*K, so the bound holds for both layouts.)
     stride: needed on the CPU only (for X); None assumes stride = k, an upper bound for every
@@ -105,8 +104,7 @@ def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu:
     s = k if stride is None else int(stride)
     X = B * c * ((oy - 1) * s + k + s - 1) * ((ox - 1) * s + k + s - 1)
     T, n = n_threads(), min(L, max(1, _CPU_CHUNK_BYTES // (K * B * isz)))
-    return isz * max(X + T * n * B * (K + f), X + L * f * B + T * n * K * (B + f), L * f * B + T * (X + n * K * B),
-                     2 * L * f * B)
+    return isz * max(X + T * n * B * (K + f), X + L * f * B + T * n * K * (B + f), L * f * B + T * (X + n * K * B))
 
 
 def _is_gpu(xp: Any) -> bool:
@@ -119,10 +117,11 @@ def _chunk_size(xp: Any, n_loc: int, per_loc_bytes: int) -> int:
 
 
 def _per_location(dy: Array) -> Array:
-    """(B, F, OY, OX) -> contiguous (L, F, B), L = OY*OX: one (F, B) matrix per location (CPU)."""
+    """(B, F, OY, OX) -> (L, F, B) view, L = OY*OX, of a contiguous (F, L, B) copy (CPU): each
+    dyt[l] is an (F, B) matrix with row stride L*B, which BLAS takes as it is (one transpose of
+    dy, not two: a contiguous (L, F, B) made of it cost 3.1 ms against 0.8 for Coates-like dy)."""
     B, F, OY, OX = dy.shape
-    fl = batch_last(dy)  # (F, OY, OX, B)
-    return np.ascontiguousarray(fl.reshape(F, OY * OX, B).transpose(1, 0, 2))  # runs of B numbers
+    return batch_last(dy).reshape(F, OY * OX, B).transpose(1, 0, 2)
 
 
 def _windows(xt: Array, k: int, stride: int, oy: int, ox: int) -> Array:
@@ -201,7 +200,7 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
         return dW.reshape(OY, OX, F, C, k, k)
     xt = batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
-    dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B)
+    dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B) view
     dW = xp.empty((L, F, K), dtype=dtype)
 
     dyt = dyt.transpose(0, 2, 1)  # (L, B, F) view
@@ -237,7 +236,7 @@ def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, i
     if _is_gpu(xp) or _FORCE_GENERIC:
         return _backward_data_grouped(Wm, dy.astype(dtype, copy=False), (B, C, H, Wd), OY, OX, k, stride)
     Wt = Wm.transpose(0, 2, 1)  # (L, K, F) view
-    dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B)
+    dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B) view
     dxt = _backward_data_blocks(Wt, dyt, (C, H, Wd, B), OY, OX, k, stride)
     return batch_first(dxt)  # (C, H, W, B) -> (B, C, H, W)
 
@@ -413,7 +412,7 @@ def _backward_weights_cpu_bf(x: Array, dy: Array, k: int, s: int) -> Array:
     _, F, OY, OX = dy.shape
     L, K = OY * OX, C * k * k
     win = _windows_bf(x, k, s, OY, OX)
-    dyt = _per_location(dy)  # (L, F, B)
+    dyt = _per_location(dy)  # (L, F, B) view
     dW = np.empty((L, F, K), dtype=x.dtype)
     c = _chunk_size(np, L, K * B * x.itemsize)
     scratch = _PerThread(((c, B, C, k, k),), x.dtype)
