@@ -16,7 +16,9 @@ copy of long contiguous runs, and the per-location GEMMs become
     backward-weights dW_l (F, K) = dy_l (F, B) @ cols_l^T (B, K)
 
 with K = C*k*k. On CPUs the locations are cut into chunks so the gathered columns stay in
-cache and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS).
+cache and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS). Moving the
+batch axis (x in, dx out, dy per location) is a tiled, threaded 2-D transpose (``_layout.py``:
+5.4 -> 1.8 ms for the Coates-like input, where NumPy's own transposed copy is element-wise).
 
 CPU layout of backward-weights by shape (``_CPU_BATCH_FIRST_MIN_F``): with many filters
 (F >= 16, e.g. Coates et al.'s F = 64, B = 100) it gathers batch-first columns cols_l (B, K)
