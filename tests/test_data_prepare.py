@@ -260,3 +260,16 @@ def test_prepare_memory_bounded_by_one_shard(tmp_path, monkeypatch):
     st = open_store(tmp_path / "root" / "prepared" / "big" / "test")
     assert len(st) == n and len(st.shards) == n // 4 and st.verify() == []
     assert sorted(r["source"] for r in st.records) == sorted(f"pos/{long}{i:04d}.png" for i in range(n))
+
+
+def test_inputs_digest_is_the_whole_list_hash():
+    """The streamed digest equals the hash of the whole JSON list (stores prepared before keep
+    resuming), including paths that JSON escapes."""
+    import hashlib
+    import json
+
+    from repro.data.prepare import Item, inputs_digest
+
+    for items in ([], [Item("a.jpg", 0)], [Item('d/"q"\\ü.png', 1), Item("b.jpg", 0), Item("c", 2)]):
+        whole = hashlib.sha256(json.dumps([(it.path, it.label) for it in items]).encode()).hexdigest()
+        assert inputs_digest(items) == whole
