@@ -6,7 +6,7 @@ Those are 2-D transposes of a (B, N) matrix. NumPy copies a transposed view elem
 along the destination, reading the source with a stride of N numbers: with B = 100 and
 N = 8*48*48 the Coates-like input took 5.4 ms on one core, a quarter of the forward pass.
 Copying tile by tile (each tile's source rows stay in L1/L2) on the kernel thread pool takes
-1.8 ms (measured on the 2-core EPYC, `python benchmarks/bench_kernels.py` notes the figures).
+1.8 ms (2-core EPYC; figures in results/reference/kernels-cpu.md).
 
 Tile shapes (measured, float32): moving the batch last, the source is (B, N) with B small, and
 tiles of 16 source rows by 2048 columns were best (2.9x faster than NumPy's copy); moving it
@@ -25,12 +25,11 @@ _MIN_TILED_BYTES = 3 << 20
 _TILE = 1 << 15  # numbers per tile
 
 
-def transpose2d(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Contiguous a.T of a C-contiguous 2-D array (into out when given), tiled and threaded."""
+def transpose2d(a: np.ndarray) -> np.ndarray:
+    """Contiguous a.T of a C-contiguous 2-D array, tiled and threaded."""
     q, p = a.shape  # out is (p, q)
-    if out is None:
-        out = np.empty((p, q), dtype=a.dtype)
-    if a.nbytes < _MIN_TILED_BYTES or n_threads() == 1 and a.nbytes < 4 * _MIN_TILED_BYTES:
+    out = np.empty((p, q), dtype=a.dtype)
+    if a.nbytes < _MIN_TILED_BYTES:
         np.copyto(out, a.T)
         return out
     # few source rows per tile when the source is short and wide (batch-first -> batch-last),

@@ -121,7 +121,7 @@ def _chunk_size(xp: Any, n_loc: int, per_loc_bytes: int) -> int:
 def _per_location(dy: Array) -> Array:
     """(B, F, OY, OX) -> (L, F, B) view, L = OY*OX, of a contiguous (F, L, B) copy (CPU): each
     dyt[l] is an (F, B) matrix with row stride L*B, which BLAS takes as it is (one transpose of
-    dy, not two: a contiguous (L, F, B) made of it cost 3.1 ms against 0.8 for Coates-like dy)."""
+    dy, not two: Coates-like dy 0.7 ms, a contiguous (L, F, B) made from the copy 3.1 ms)."""
     B, F, OY, OX = dy.shape
     return batch_last(dy).reshape(F, OY * OX, B).transpose(1, 0, 2)
 
