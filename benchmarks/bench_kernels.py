@@ -18,6 +18,10 @@ dense GEMM's spinning OpenBLAS threads do not slow the kernel timed after it.
 The "stage" rows time one stage's forward+backward as the model runs it (LC forward, L2 pool 5
 stride 1, LCN 5 forward; LCN, pool backward; LC backward-data and backward-weights) and report
 the share of pooling + LCN (the issue asks <= 25%).
+
+lc_backward_weights is timed as the trainer calls it, writing into the previous step's gradient
+(``out=``); the "new output" row times it allocating a fresh weight-sized array, whose page faults
+a CPU pays on every call when the array is above glibc's 32 MiB mmap threshold.
 """
 from __future__ import annotations
 
@@ -115,11 +119,13 @@ def bench_shape(name: str, shape: tuple[int, ...], xp: Any, sync: Callable[[], N
     y = lc_forward(x, W, s)
     p = l2pool_forward(y, POOL, POOL_STRIDE, EPS)
     dn = xp.asarray(rng.standard_normal((B, F, p.shape[2] - LCN + 1, p.shape[3] - LCN + 1), dtype=f32))
+    dW = xp.zeros_like(W)  # the trainer writes each step's weight gradient over the last one's
     t = best_times({
         "dense_gemm": lambda: a @ b,
         "lc_forward": lambda: lc_forward(x, W, s),
         "lc_backward_data": lambda: lc_backward_data(dy, W, s, x.shape),
-        "lc_backward_weights": lambda: lc_backward_weights(x, dy, s, k),
+        "lc_backward_weights": lambda: lc_backward_weights(x, dy, s, k, out=dW),
+        "lc_backward_weights_fresh": lambda: lc_backward_weights(x, dy, s, k),
         "per_location_loop": per_location_loop,
         "gemms_alone": gemms_alone,
         "l2pool_forward": lambda: l2pool_forward(y, POOL, POOL_STRIDE, EPS),
@@ -181,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("/ dense GEMM", justify="right")
     for name, r in results.items():
         for i, key in enumerate(("lc_forward", "lc_backward_data", "lc_backward_weights", "forward+backward",
-                                 "per_location_loop", "gemms_alone", "dense_gemm")):
+                                 "lc_backward_weights_fresh", "per_location_loop", "gemms_alone", "dense_gemm")):
             label = {"dense_gemm": f"dense GEMM n={r['dense_gemm_n']}",
+                     "lc_backward_weights_fresh": "lc_backward_weights, new output",
                      "gemms_alone": "per-location GEMMs alone (no gather)"}.get(key, key)
             table.add_row(name if i == 0 else "", label, f"{r['seconds'][key] * 1e3:.1f}",
                           f"{r['gflops'][key]:.1f}", f"{r['ratio_to_dense_gemm'][key]:.0%}")

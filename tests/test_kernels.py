@@ -154,6 +154,29 @@ def test_lc_batch_first_cpu_path_matches_loop(case, chunk_locs, monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", ["batch-last", "batch-first", "generic"])
+def test_lc_backward_weights_into_out(path, monkeypatch):
+    """out= is written over (stale contents and all) and returned, on each code path."""
+    import repro.engine.kernels.lc as lc
+
+    x, W, dy, k, s = _lc_case(LC_CASES[2])
+    monkeypatch.setattr(lc, "_CPU_BATCH_FIRST_MIN_F", 1 if path == "batch-first" else 10**6)
+    monkeypatch.setattr(lc, "_FORCE_GENERIC", path == "generic")
+    out = np.full(W.shape, np.nan)
+    got = lc_backward_weights(x, dy, s, k, out=out)
+    assert got is out
+    np.testing.assert_allclose(out, ref_lc_backward_weights(x, dy, s, k), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "strided"])
+def test_lc_backward_weights_rejects_unfit_out(bad):
+    x, W, dy, k, s = _lc_case(LC_CASES[2])
+    out = {"shape": np.empty(W.shape[:-1] + (W.shape[-1] + 1,)), "dtype": np.empty(W.shape, np.float32),
+           "strided": np.empty(W.shape[:-1] + (2 * W.shape[-1],))[..., ::2]}[bad]
+    with pytest.raises(ValueError, match="out must be"):
+        lc_backward_weights(x, dy, s, k, out=out)
+
+
 def test_lc_backward_data_zero_where_no_window_reaches():
     x, W, dy, k, s = _lc_case((2, 3, 11, 12, 4, 3, 5))  # rows/cols 10 (and 11) are never read
     dx = lc_backward_data(dy, W, s, x.shape)

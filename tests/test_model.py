@@ -151,6 +151,24 @@ def test_tied_decoder_gradient():
         _fd_check(net, lambda: net.finetune_loss_and_grads(x)[0], grads, name, n_coords=4)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_gradients_written_into_out(tied):
+    """The trainer passes the previous step's gradients as ``out``: same values as fresh arrays,
+    in the same arrays (tied decoders go through the network's one scratch buffer)."""
+    d = {**SMALL, "rica": {"lambda": 0.1, "eps": 0.01, "tied": tied}}
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    x, x2 = images().astype(np.float64), images(seed=8).astype(np.float64)
+    _, fresh = net.finetune_loss_and_grads(x2)
+    prev = {name: np.full_like(g, np.nan) for name, g in net.finetune_loss_and_grads(x)[1].items()}
+    loss, grads = net.finetune_loss_and_grads(x2, out=prev)
+    assert set(grads) == set(fresh) and all(grads[n] is prev[n] for n in grads)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], fresh[name], rtol=1e-12, atol=1e-14)
+    _, layer = net.layer_loss_and_grads(x2, 1, out=prev)
+    assert all(layer[n] is prev[n] for n in layer)
+    assert loss == pytest.approx(net.finetune_loss_and_grads(x2)[0], rel=1e-12)
+
+
 def test_decoder_normalisation():
     d = {**SMALL, "rica": {"lambda": 0.1, "eps": 0.01, "normalize_decoder": True}}
     net = Network.create(from_dict(d), seed=1)

@@ -92,13 +92,15 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
         # every rank of the model-parallel group reads the same images, step by step, read ahead
         batches = Loader(store, t.batch, t.seed, shuffle=False).read(
             batch_indices(len(store), t.batch, t.seed, g) for g in range(start, end))
+        grad_bufs: dict = {}
         for g in range(start, end):
             phase = next(p for p in phases if p.start <= g < p.start + p.steps)
             x = next(batches)
             if phase.stage is None:
-                loss, grads = net.finetune_loss_and_grads(x)
+                loss, grads = net.finetune_loss_and_grads(x, out=grad_bufs)
             else:
-                loss, grads = net.layer_loss_and_grads(x, phase.stage)
+                loss, grads = net.layer_loss_and_grads(x, phase.stage, out=grad_bufs)
+            grad_bufs.update(grads)  # the next step writes its gradients over these
             apply_update(net, opt, grads)
             first = phase_start_loss.setdefault(phase.name, loss)
             if not np.isfinite(loss) or loss > DIVERGED * first:

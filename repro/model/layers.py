@@ -27,12 +27,12 @@ from repro.model.config import StageConfig
 from repro.model.layout import StageLayout
 
 
-def _tiled(kernel: Any, out_shape: tuple[int, ...], first: Any, *args: Any) -> Any:
+def _tiled(kernel: Any, out_shape: tuple[int, ...], first: Any, *args: Any, **kw: Any) -> Any:
     """Run a kernel on this rank's (sub)tile; an empty tile (a layer with fewer rows than the
     process grid) gets an empty result of the right shape without a call."""
     if 0 in out_shape:
-        return get_array_module(first).zeros(out_shape, dtype=first.dtype)
-    return kernel(first, *args)
+        return kw["out"] if kw.get("out") is not None else get_array_module(first).zeros(out_shape, dtype=first.dtype)
+    return kernel(first, *args, **kw)
 
 
 def _sub(W: Any, box: Box, tile: Box) -> Any:
@@ -75,13 +75,13 @@ class LocalFilter(_Sublayer):
         with timed("LC forward"):
             return windowed_apply(a, self.plan, tile, self.kernel, self.stride, fn)
 
-    def backward(self, dy: Any, xw: Any, W: Any, need_input_grad: bool = True, need_weight_grad: bool = True
-                 ) -> tuple[Any, Any]:
-        """(d input tile or None, dW or None) from d output tile."""
+    def backward(self, dy: Any, xw: Any, W: Any, need_input_grad: bool = True, need_weight_grad: bool = True,
+                 dW_out: Any = None) -> tuple[Any, Any]:
+        """(d input tile or None, dW or None) from d output tile; dW is written into dW_out if given."""
         dW = dx = None
         if need_weight_grad:
             with timed("LC backward-weights"):
-                dW = _tiled(K.lc_backward_weights, W.shape, xw, dy, self.stride, self.kernel)
+                dW = _tiled(K.lc_backward_weights, W.shape, xw, dy, self.stride, self.kernel, out=dW_out)
         if need_input_grad:
             with timed("LC backward-data"):
                 dxw = _tiled(K.lc_backward_data, xw.shape, dy, W, self.stride, xw.shape)
@@ -94,8 +94,9 @@ class LocalFilter(_Sublayer):
             xw = _tiled(K.lc_backward_data, window_shape, y, W, self.stride, window_shape)
         return scatter_add(xw, self.plan, self.w)
 
-    def transpose_backward(self, g: DistArray, y: Any, W: Any) -> tuple[Any, Any]:
-        """Gradients of ``<g, W y>``: (d y tile, d W). ``g`` lives on the input partition."""
+    def transpose_backward(self, g: DistArray, y: Any, W: Any, dW_out: Any = None) -> tuple[Any, Any]:
+        """Gradients of ``<g, W y>``: (d y tile, d W, written into dW_out if given). ``g`` lives on
+        the input partition."""
         B, tile = y.shape[0], self.tile
 
         def fn(gwin: Any, box: Box) -> Any:
@@ -104,7 +105,7 @@ class LocalFilter(_Sublayer):
         with timed("decoder backward"):
             dy, gw = windowed_apply(g, self.plan, tile, self.kernel, self.stride, fn)
         with timed("decoder backward-weights"):
-            dW = _tiled(K.lc_backward_weights, W.shape, gw, y, self.stride, self.kernel)
+            dW = _tiled(K.lc_backward_weights, W.shape, gw, y, self.stride, self.kernel, out=dW_out)
         return dy, dW
 
 
@@ -180,14 +181,15 @@ class Stage:
         z, pw = self.lcn.forward(DistArray(p, self.layout.part_p, self.w))
         return StageCache(a, xw, y, yw, p, pw, z)
 
-    def rica(self, c: StageCache, W1: Any, W2: Any, dz: Any = None, need_input_grad: bool = False
-             ) -> tuple[float, Any, Any, Any]:
+    def rica(self, c: StageCache, W1: Any, W2: Any, dz: Any = None, need_input_grad: bool = False,
+             dW1_out: Any = None, dW2_out: Any = None) -> tuple[float, Any, Any, Any]:
         """RICA loss (summed over ranks, mean over images), dW1, dW2 and optionally d loss / d input.
 
             R = ( ||W2 y - x||^2 + lambda * sum p ) / B,   y = W1^T x,  p = sqrt(eps + H y^2)
 
         ``dz``: gradient of later stages' losses with respect to this stage's LCN output (joint
         fine-tuning); it flows back through LCN and pooling into W1 and the input.
+        ``dW1_out``, ``dW2_out``: arrays of W1's and W2's shape to write the gradients into.
         """
         xp = get_array_module(c.y)
         B = c.y.shape[0]
@@ -196,12 +198,12 @@ class Stage:
         with timed("loss all-reduce"):
             loss = self.w.allreduce_sum(float((r * r).sum()) + self.lam * float(c.p.sum())) * inv_b
         g = r * (2.0 * inv_b)  # d loss / d reconstruction
-        dy, dW2 = self.filter.transpose_backward(DistArray(g, self.layout.part_in, self.w), c.y, W2)
+        dy, dW2 = self.filter.transpose_backward(DistArray(g, self.layout.part_in, self.w), c.y, W2, dW2_out)
         dp = xp.full(c.p.shape, self.lam * inv_b, dtype=c.p.dtype)
         if dz is not None:
             dp = dp + self.lcn.backward(dz, c.pw)
         dy = dy + self.pool.backward(dp, c.yw, c.p)
-        da, dW1 = self.filter.backward(dy, c.xw, W1, need_input_grad)
+        da, dW1 = self.filter.backward(dy, c.xw, W1, need_input_grad, dW_out=dW1_out)
         if da is not None:
             da = da - g  # the reconstruction target x is the input too
         return loss, dW1, dW2, da

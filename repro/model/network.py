@@ -100,6 +100,7 @@ class Network:
     xp: Any = np
     w: World = field(default_factory=world)
     stages: list[Stage] = field(init=False)
+    _scratch: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         r = self.cfg.rica
@@ -121,6 +122,15 @@ class Network:
 
     def weight_tile(self, name: str) -> tuple[int, int, int, int]:
         return self.layout.stages[_split(name)[0]].part_f.tile(self.w.rank)
+
+    def _decoder_scratch(self, i: int) -> Any:
+        """A W1-shaped view of one buffer, the size of the largest stage's W1, for tied decoders'
+        gradients (the memory planner counts one such stage gradient)."""
+        W1 = self.params[f"stage{i}.W1"]
+        if self._scratch is None:
+            n = max(int(p.size) for name, p in self.params.items() if name.endswith(".W1"))
+            self._scratch = self.xp.empty(n, dtype=W1.dtype)
+        return self._scratch[: W1.size].reshape(W1.shape)
 
     def decoder(self, i: int) -> Any:
         """Stage i's decoding weights: W2, or W1 itself when the config ties them."""
@@ -161,33 +171,48 @@ class Network:
         return DistArray(self.forward(images, upto=i)[-1].z, self.layout.stages[i - 1].part_n, self.w)
 
     # ---- RICA objective and gradients ----------------------------------------------------------
-    def stage_loss_and_grads(self, i: int, c: StageCache, dz: Any = None, need_input_grad: bool = False
-                             ) -> tuple[float, dict[str, Any], Any]:
+    def stage_loss_and_grads(self, i: int, c: StageCache, dz: Any = None, need_input_grad: bool = False,
+                             out: dict[str, Any] | None = None) -> tuple[float, dict[str, Any], Any]:
         """Stage i's RICA loss (summed over ranks), its weight gradients, and optionally d(loss)/d(input).
 
         ``dz`` is the gradient of later stages' losses with respect to this stage's LCN output
         (joint fine-tuning); its contribution flows into W1 and into the input gradient.
+        ``out``: gradient arrays by parameter name (an earlier call's, e.g. the previous step's);
+        the gradients of the names it holds are written into them instead of fresh arrays.
         """
+        out = out or {}
+        dW1_out = out.get(f"stage{i}.W1")
+        if self.cfg.rica.tied:  # the decoder's gradient lives until it is added to W1's
+            dW2_out = self._decoder_scratch(i) if dW1_out is not None else None
+        else:
+            dW2_out = out.get(f"stage{i}.W2")
         with TIMER.scope(f"stage{i}/bwd"):
             loss, dW1, dW2, da = self.stages[i].rica(c, self.params[f"stage{i}.W1"], self.decoder(i), dz,
-                                                     need_input_grad)
+                                                     need_input_grad, dW1_out, dW2_out)
         if self.cfg.rica.tied:
             dW1 += dW2  # in place: no third weight-sized array
             return loss, {f"stage{i}.W1": dW1}, da
         return loss, {f"stage{i}.W1": dW1, f"stage{i}.W2": dW2}, da
 
-    def layer_loss_and_grads(self, images: Any, i: int) -> tuple[float, dict[str, Any]]:
-        """Greedy layer-wise step: stage i's RICA on its input, the stages below held fixed."""
+    def layer_loss_and_grads(self, images: Any, i: int, out: dict[str, Any] | None = None
+                             ) -> tuple[float, dict[str, Any]]:
+        """Greedy layer-wise step: stage i's RICA on its input, the stages below held fixed.
+        ``out``: as in :meth:`stage_loss_and_grads`."""
         c = self.stage_forward(i, self.stage_input(images, i))
-        loss, grads, _ = self.stage_loss_and_grads(i, c)
+        loss, grads, _ = self.stage_loss_and_grads(i, c, out=out)
         return loss, grads
 
-    def finetune_loss_and_grads(self, images: Any) -> tuple[float, dict[str, Any]]:
-        """Joint objective: sum of every stage's RICA, gradients through all stages at once."""
+    def finetune_loss_and_grads(self, images: Any, out: dict[str, Any] | None = None
+                                ) -> tuple[float, dict[str, Any]]:
+        """Joint objective: sum of every stage's RICA, gradients through all stages at once.
+
+        ``out``: the gradients of an earlier call, written over instead of allocating new ones (a
+        training loop passes the previous step's; on CPUs fresh weight-sized arrays cost their page
+        faults every step)."""
         caches = self.forward(images)
         total, grads, dz = 0.0, {}, None
         for i in reversed(range(len(caches))):
-            loss, g, da = self.stage_loss_and_grads(i, caches[i], dz, need_input_grad=i > 0)
+            loss, g, da = self.stage_loss_and_grads(i, caches[i], dz, need_input_grad=i > 0, out=out)
             total += loss
             grads.update(g)
             dz = da

@@ -118,6 +118,17 @@ def _chunk_size(xp: Any, n_loc: int, per_loc_bytes: int) -> int:
     return max(1, min(n_loc, budget // max(per_loc_bytes, 1)))
 
 
+def _output(xp: Any, out: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
+    """A fresh output array, or ``out`` after checking it can be one."""
+    if out is None:
+        return xp.empty(shape, dtype=dtype)
+    if get_array_module(out) is not xp or tuple(out.shape) != tuple(shape) or out.dtype != dtype \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name} array of shape {tuple(shape)} on the "
+                         f"inputs' device, got {out.dtype} {tuple(out.shape)}")
+    return out
+
+
 def _per_location(dy: Array) -> Array:
     """(B, F, OY, OX) -> (L, F, B) view, L = OY*OX, of a contiguous (F, L, B) copy (CPU): each
     dyt[l] is an (F, B) matrix with row stride L*B, which BLAS takes as it is (one transpose of
@@ -183,8 +194,13 @@ def lc_forward(x: Array, W: Array, stride: int) -> Array:
     return y
 
 
-def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> Array:
-    """dW[oy, ox, f, c, ky, kx]: per location (F, B) @ (B, K), all batched."""
+def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int, out: Array | None = None) -> Array:
+    """dW[oy, ox, f, c, ky, kx]: per location (F, B) @ (B, K), all batched.
+
+    out: a C-contiguous array of dW's shape and dtype (same device) to write into and return,
+    e.g. the previous step's gradient. On CPUs a fresh weight-sized output costs its page faults
+    on every call (Coates-like: 42 MB, about 5 ms of a 25-35 ms call; see kernels-cpu.md).
+    """
     xp = get_array_module(x, dy)
     B, C, H, Wd = x.shape
     k = int(kernel_size)
@@ -194,16 +210,17 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
         raise ValueError(f"gradient {dy.shape} does not fit input {x.shape} (k={k}, s={stride})")
     L, K = OY * OX, C * k * k
     dtype = np.result_type(x.dtype, dy.dtype)
+    dW6 = _output(xp, out, (OY, OX, F, C, k, k), dtype)
+    dW = dW6.reshape(L, F, K)  # a view
     if _is_gpu(xp) or _FORCE_GENERIC:
-        dW = _backward_weights_gpu(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride)
-        return dW.reshape(OY, OX, F, C, k, k)
+        _backward_weights_gpu(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride, dW)
+        return dW6
     if F >= _CPU_BATCH_FIRST_MIN_F:
-        dW = _backward_weights_cpu_bf(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride)
-        return dW.reshape(OY, OX, F, C, k, k)
+        _backward_weights_cpu_bf(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride, dW)
+        return dW6
     xt = batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
     dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B) view
-    dW = xp.empty((L, F, K), dtype=dtype)
 
     dyt = dyt.transpose(0, 2, 1)  # (L, B, F) view
 
@@ -214,7 +231,7 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int) -> A
         dW[lo:hi] = xp.matmul(cols, dyt[lo:hi]).transpose(0, 2, 1)  # (n, K, F) -> (n, F, K)
 
     map_chunks(work, L, _chunk_size(xp, L, K * B * xt.itemsize), gpu=_is_gpu(xp))
-    return dW.reshape(OY, OX, F, C, k, k)
+    return dW6
 
 
 def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, int, int, int]) -> Array:
@@ -304,7 +321,7 @@ def _forward_gpu(x: Array, Wm: Array, out_hw: tuple[int, int], k: int, s: int) -
     return y
 
 
-def _backward_weights_gpu(x: Array, dy: Array, k: int, s: int) -> Array:
+def _backward_weights_gpu(x: Array, dy: Array, k: int, s: int, dW: Array) -> None:
     """dW (L, F, K); per chunk: dW_l (F, K) = dy_l (F, B) @ cols_l (B, K), written in place."""
     xp = get_array_module(x, dy)
     B, C = x.shape[:2]
@@ -312,7 +329,6 @@ def _backward_weights_gpu(x: Array, dy: Array, k: int, s: int) -> Array:
     L, K = OY * OX, C * k * k
     win = _windows_bf(x, k, s, OY, OX)
     dyf = dy.reshape(B, F, L)
-    dW = xp.empty((L, F, K), dtype=x.dtype)
     n = _gpu_chunk(L, K, B, x.itemsize)
     for lo in range(0, L, n):
         hi = min(L, lo + n)
@@ -320,7 +336,6 @@ def _backward_weights_gpu(x: Array, dy: Array, k: int, s: int) -> Array:
         dyc = xp.ascontiguousarray(dyf[:, :, lo:hi].transpose(2, 1, 0))  # (n, F, B)
         xp.matmul(dyc, cols, out=dW[lo:hi])  # (n, F, K)
         del cols, dyc  # before the next chunk's are allocated
-    return dW
 
 
 def _backward_data_grouped(Wm: Array, dy: Array, in_shape: tuple, OY: int, OX: int, k: int, s: int) -> Array:
@@ -408,14 +423,13 @@ class _PerThread:
         return bufs
 
 
-def _backward_weights_cpu_bf(x: Array, dy: Array, k: int, s: int) -> Array:
+def _backward_weights_cpu_bf(x: Array, dy: Array, k: int, s: int, dW: Array) -> None:
     """dW (L, F, K); per location dW_l (F, K) = dy_l (F, B) @ cols_l (B, K), written in place."""
     B, C = x.shape[:2]
     _, F, OY, OX = dy.shape
     L, K = OY * OX, C * k * k
     win = _windows_bf(x, k, s, OY, OX)
     dyt = _per_location(dy)  # (L, F, B) view
-    dW = np.empty((L, F, K), dtype=x.dtype)
     c = _chunk_size(np, L, K * B * x.itemsize)
     scratch = _PerThread(((c, B, C, k, k),), x.dtype)
 
@@ -426,4 +440,3 @@ def _backward_weights_cpu_bf(x: Array, dy: Array, k: int, s: int) -> Array:
             np.matmul(dyt[lo + i], cols[i], out=dW[lo + i])
 
     map_chunks(work, L, c)
-    return dW
