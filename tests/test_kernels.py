@@ -454,6 +454,35 @@ def test_kernels_leave_the_blas_thread_count_alone():
     assert fns[0]() == before
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_lc_backward_data_long_runs_matches_loop(threads, monkeypatch):
+    """Window rows of k*B >= 256 numbers: the CPU window adds walk the strided view in place
+    (unbuffered ufuncs), on one and two threads."""
+    from repro.engine.kernels._parallel import _UNBUFFERED_MIN_RUN
+
+    monkeypatch.setenv("REPRO_KERNEL_THREADS", threads)
+    x, W, dy, k, s = _lc_case((40, 2, 20, 21, 8, 2, 3))
+    assert k * x.shape[0] >= _UNBUFFERED_MIN_RUN
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_unbuffered_ufuncs_is_scoped():
+    """The small ufunc buffer holds inside the block only, and only for long runs."""
+    from repro.engine.kernels._parallel import _UNBUFFERED_MIN_RUN, _UNBUFFERED_SIZE, unbuffered_ufuncs
+
+    if int(np.__version__.split(".")[0]) < 2:
+        pytest.skip("NumPy 1 keeps the buffer size process-wide; it is left alone there")
+    before = np.getbufsize()
+    with unbuffered_ufuncs(_UNBUFFERED_MIN_RUN):
+        assert np.getbufsize() == _UNBUFFERED_SIZE
+        a = np.zeros((4, 600), np.float32)
+        a[:, :300] += np.ones((4, 300), np.float32)
+    assert np.getbufsize() == before and a[:, :300].sum() == 1200 and a[:, 300:].sum() == 0
+    with unbuffered_ufuncs(_UNBUFFERED_MIN_RUN - 1):
+        assert np.getbufsize() == before
+
+
 # ---------------------------------------------------------------- layout moves (CPU)
 @pytest.mark.parametrize("shape", [(3, 70001), (100, 4097), (4097, 100), (17, 33), (1, 5), (5, 1)])
 @pytest.mark.parametrize("threads", ["1", "3"])

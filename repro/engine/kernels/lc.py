@@ -52,7 +52,7 @@ import numpy as np
 
 from repro.engine.backend import get_array_module
 from repro.engine.kernels._layout import batch_first, batch_last
-from repro.engine.kernels._parallel import map_chunks, n_threads
+from repro.engine.kernels._parallel import map_chunks, n_threads, unbuffered_ufuncs
 
 Array = Any
 
@@ -386,13 +386,14 @@ def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: in
     def work(lo: int, hi: int) -> None:
         acc = np.zeros(shape_t, dtype=Wt.dtype)  # (C, H, W, B), this thread's own
         buf = np.empty((sub, K, B), dtype=Wt.dtype)
-        for c0 in range(lo, hi, sub):
-            n = min(sub, hi - c0)
-            dc = np.matmul(Wt[c0 : c0 + n], dyt[c0 : c0 + n], out=buf[:n])  # (n, K, B)
-            dc = dc.reshape(n, C, k, k, B)
-            for i in range(n):
-                oy, ox = divmod(c0 + i, OX)
-                acc[:, oy * s : oy * s + k, ox * s : ox * s + k, :] += dc[i]
+        with unbuffered_ufuncs(k * B):  # the window adds: runs of k*B numbers
+            for c0 in range(lo, hi, sub):
+                n = min(sub, hi - c0)
+                dc = np.matmul(Wt[c0 : c0 + n], dyt[c0 : c0 + n], out=buf[:n])  # (n, K, B)
+                dc = dc.reshape(n, C, k, k, B)
+                for i in range(n):
+                    oy, ox = divmod(c0 + i, OX)
+                    acc[:, oy * s : oy * s + k, ox * s : ox * s + k, :] += dc[i]
         parts[lo] = acc  # one key per worker range
 
     map_chunks(work, L, -(-L // n_threads()))
