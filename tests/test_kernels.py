@@ -486,17 +486,42 @@ def test_unbuffered_ufuncs_is_scoped():
 # ---------------------------------------------------------------- layout moves (CPU)
 @pytest.mark.parametrize("shape", [(3, 70001), (100, 4097), (4097, 100), (17, 33), (1, 5), (5, 1)])
 @pytest.mark.parametrize("threads", ["1", "3"])
-def test_transpose2d_tiled_equals_numpy(shape, threads, monkeypatch):
-    """The tiled, threaded transpose (forced on small arrays) is an exact a.T for tall, wide,
-    ragged and degenerate shapes, on one and several threads."""
+@pytest.mark.parametrize("path", ["numpy", "opencv"])
+def test_transpose2d_tiled_equals_numpy(shape, threads, path, monkeypatch):
+    """The tiled, threaded transpose (forced on small arrays; NumPy tiles or OpenCV slabs) is an
+    exact a.T for tall, wide, ragged and degenerate shapes, on one and several threads."""
     import repro.engine.kernels._layout as layout
 
-    monkeypatch.setattr(layout, "_MIN_TILED_BYTES", 0)
+    if path == "numpy":
+        monkeypatch.setattr(layout, "cv2", None)
+        monkeypatch.setattr(layout, "_MIN_TILED_BYTES", 0)
+    else:
+        assert layout.cv2 is not None  # a runtime dependency
+        monkeypatch.setattr(layout, "_MIN_THREADED_BYTES", 0)
+        monkeypatch.setattr(layout, "_SLAB_BYTES", 4096)  # many slabs, and a ragged last one
     monkeypatch.setenv("REPRO_KERNEL_THREADS", threads)
     a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     out = layout.transpose2d(a)
     assert out.flags.c_contiguous and out.shape == shape[::-1]
     np.testing.assert_array_equal(out, a.T)
+
+
+def test_transpose2d_when_opencv_returns_a_new_array(monkeypatch):
+    """If OpenCV does not write into the given output it returns a new array: that is copied in."""
+    import repro.engine.kernels._layout as layout
+
+    class NewArrayCV:
+        @staticmethod
+        def transpose(src, dst=None):
+            return np.ascontiguousarray(src.T)
+
+    monkeypatch.setattr(layout, "cv2", NewArrayCV)
+    monkeypatch.setattr(layout, "_MIN_THREADED_BYTES", 0)
+    monkeypatch.setattr(layout, "_SLAB_BYTES", 256)
+    monkeypatch.setenv("REPRO_KERNEL_THREADS", "2")
+    for shape in [(7, 300), (300, 7)]:
+        a = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(layout.transpose2d(a), a.T)
 
 
 def test_batch_last_and_back_round_trip(monkeypatch):
@@ -510,14 +535,21 @@ def test_batch_last_and_back_round_trip(monkeypatch):
 
 
 @pytest.mark.parametrize("case", LC_CASES)
-def test_lc_cpu_kernels_with_tiled_layout_moves(case, monkeypatch):
-    """Every CPU kernel with its layout moves forced through the tiled transpose."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lc_cpu_kernels_with_tiled_layout_moves(case, dtype, monkeypatch):
+    """Every CPU kernel with its layout moves forced through the tiled transpose (float64: NumPy
+    tiles; float32: OpenCV slabs on the thread pool)."""
     import repro.engine.kernels._layout as layout
 
     monkeypatch.setattr(layout, "_MIN_TILED_BYTES", 0)
-    x, W, dy, k, s = _lc_case(case)
-    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape),
-                               rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x, dy, s, k),
-                               rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(layout, "_MIN_THREADED_BYTES", 0)
+    monkeypatch.setattr(layout, "_SLAB_BYTES", 256)
+    monkeypatch.setenv("REPRO_KERNEL_THREADS", "2")
+    x, W, dy, k, s = _lc_case(case, dtype=dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    x64, W64, dy64 = (a.astype(np.float64) for a in (x, W, dy))
+    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x64, W64, s), rtol=tol, atol=tol)
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy64, W64, s, x.shape),
+                               rtol=tol, atol=tol)
+    np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x64, dy64, s, k),
+                               rtol=tol, atol=tol)
