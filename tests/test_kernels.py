@@ -139,13 +139,12 @@ def test_lc_backward_weights_matches_loop(case):
 
 @pytest.mark.parametrize("case", LC_CASES)
 @pytest.mark.parametrize("chunk_locs", [1, 3, 10**6])
-def test_lc_batch_first_cpu_path_matches_loop(case, chunk_locs, monkeypatch):
-    """The batch-first CPU path (taken for F >= _CPU_BATCH_FIRST_MIN_F) forced on every case."""
+def test_lc_cpu_chunks_match_loop(case, chunk_locs, monkeypatch):
+    """The CPU kernels with chunks of one, three and all locations."""
     import repro.engine.kernels.lc as lc
 
     x, W, dy, k, s = _lc_case(case)
     K, B = W.shape[3] * k * k, x.shape[0]
-    monkeypatch.setattr(lc, "_CPU_BATCH_FIRST_MIN_F", 1)
     monkeypatch.setattr(lc, "_CPU_CHUNK_BYTES", chunk_locs * K * B * x.itemsize)
     np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x, dy, s, k),
@@ -154,13 +153,12 @@ def test_lc_batch_first_cpu_path_matches_loop(case, chunk_locs, monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("path", ["batch-last", "batch-first", "generic"])
+@pytest.mark.parametrize("path", ["cpu", "generic"])
 def test_lc_backward_weights_into_out(path, monkeypatch):
     """out= is written over (stale contents and all) and returned, on each code path."""
     import repro.engine.kernels.lc as lc
 
     x, W, dy, k, s = _lc_case(LC_CASES[2])
-    monkeypatch.setattr(lc, "_CPU_BATCH_FIRST_MIN_F", 1 if path == "batch-first" else 10**6)
     monkeypatch.setattr(lc, "_FORCE_GENERIC", path == "generic")
     out = np.full(W.shape, np.nan)
     got = lc_backward_weights(x, dy, s, k, out=out)
@@ -194,7 +192,7 @@ def test_lc_adjoints(case):
     assert c == pytest.approx(a, rel=1e-12, abs=1e-12)
 
 
-@pytest.mark.parametrize("F", [3, 20])  # batch-last and batch-first CPU paths (F >= 16)
+@pytest.mark.parametrize("F", [3, 20])
 def test_lc_larger_than_one_chunk(F):
     """Many locations and a wide batch: several chunks, run on the thread pool."""
     x, W, dy, k, s = _lc_case((40, 4, 30, 30, 6, 1, F), dtype=np.float32)
@@ -395,12 +393,11 @@ def test_lc_gpu_path_chunked_matches_loop(case, locs, monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("gpu_path, batch_first", [(True, False), (False, False), (False, True)])
+@pytest.mark.parametrize("gpu_path", [True, False])
 @pytest.mark.parametrize("locs", [1, 3, 40])
-def test_lc_workspace_bounds_temporaries(gpu_path, batch_first, locs, monkeypatch):
+def test_lc_workspace_bounds_temporaries(gpu_path, locs, monkeypatch):
     """Peak traced allocation of each call minus its output stays within lc_workspace_bytes
-    (NumPy reports its buffers to tracemalloc; 64 KiB slack for Python objects); on the CPU for
-    both the batch-last and the batch-first layout."""
+    (NumPy reports its buffers to tracemalloc; 64 KiB slack for Python objects)."""
     import tracemalloc
 
     import repro.engine.kernels.lc as lc
@@ -408,7 +405,6 @@ def test_lc_workspace_bounds_temporaries(gpu_path, batch_first, locs, monkeypatc
     x, W, dy, k, s = _lc_case((4, 3, 20, 21, 5, 2, 5), dtype=np.float32)
     K, B = W.shape[3] * k * k, x.shape[0]
     monkeypatch.setattr(lc, "_FORCE_GENERIC", gpu_path)
-    monkeypatch.setattr(lc, "_CPU_BATCH_FIRST_MIN_F", 1 if batch_first else 10**9)
     monkeypatch.setattr(lc, "_GPU_CHUNK_BYTES", locs * K * B * 4)
     monkeypatch.setattr(lc, "_CPU_CHUNK_BYTES", locs * K * B * 4)
     ws = lc.lc_workspace_bytes(B, W.shape, 4, gpu=gpu_path, stride=s)

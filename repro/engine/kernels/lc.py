@@ -13,7 +13,7 @@ copy of long contiguous runs, and the per-location GEMMs become
 
     forward          y_l  (F, B) = W_l (F, K) @ cols_l (K, B)
     backward-data    dc_l (K, B) = W_l^T (K, F) @ dy_l (F, B)      then col2im scatter-add
-    backward-weights dW_l (F, K) = dy_l (F, B) @ cols_l^T (B, K)
+    backward-weights dW_l^T (K, F) = cols_l (K, B) @ dy_l^T (B, F)
 
 with K = C*k*k. On CPUs the locations are cut into chunks so the gathered columns stay in
 cache and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS). Moving the
@@ -24,21 +24,12 @@ row stride L*B, which BLAS takes as it is), moved batch-first by one transpose a
 Coates-like forward best 16.9 ms against 18.3 ms scattering each chunk's (F, B) results into
 y (B, F, L) as they came.
 
-CPU layout of backward-weights by shape (``_CPU_BATCH_FIRST_MIN_F``): with many filters
-(F >= 16, e.g. Coates et al.'s F = 64, B = 100) it gathers batch-first columns cols_l (B, K)
-straight from x through a window view (no batch-last copy) and runs one 2-D GEMM per location,
-written in place, on each worker's reused scratch buffer:
-
-    backward-weights dW_l (F, K) = dy_l (F, B) @ cols_l (B, K)
-
-Both operands are then contiguous along the summed axis (OpenBLAS's fast case: 63 GFLOP/s on one
-thread against 36-58 for the batch-last orientations at that shape) and dW needs no transpose
-pass. Measured against the batch-last kernel in one process: best 23-27 ms against 28-34 ms (dense GEMM
-10.7-11.3 ms). The same batch-first scheme for the forward pass (y_l (B, F) = cols_l (B, K) @ W_l^T)
-has faster GEMMs too, but its gather (runs of k numbers instead of k*B) ate the gain: no
-measurable difference over 4 paired runs, so the forward pass, backward-data and every small-F
-shape (Le et al.'s F = 8, where the batch-last GEMMs are the faster ones) keep the batch-last
-layout.
+Backward-weights on CPUs computes dW_l^T (K, F) = cols_l (K, B) @ dy_l^T (B, F), the long K axis
+as GEMM rows, into a per-thread scratch block, and moves each (K, F) block into dW_l (F, K) while
+it is in cache (``transpose_into``: OpenCV for float32). Coates-like, best of 41 paired rounds:
+18.8 ms against 22.3 ms for the earlier scheme, dy_l (F, B) @ cols_l (B, K) on batch-first
+columns gathered from x in runs of only k numbers (the gather alone took 5.2 ms); Le-like
+25.1 against 27.5 ms for the same orientation with NumPy's element-wise transpose.
 
 GPUs take a separate path (``_forward_gpu``, ``_backward_weights_gpu``, ``_backward_data_grouped``;
 tests run it on NumPy through ``_FORCE_GENERIC``): no batch-last copy (strided gathers are cheap
@@ -55,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from repro.engine.backend import get_array_module
-from repro.engine.kernels._layout import batch_first, batch_last
+from repro.engine.kernels._layout import batch_first, batch_last, transpose_into
 from repro.engine.kernels._parallel import map_chunks, n_threads, unbuffered_ufuncs
 
 Array = Any
@@ -64,9 +55,6 @@ Array = Any
 # the GEMM that reads it share the cache. GPU: large, only to bound the temporary.
 _CPU_CHUNK_BYTES = 3 << 20  # measured: 1-4 MiB best on a 2-core EPYC; small-F shapes like larger
 _GPU_CHUNK_BYTES = 1 << 28
-# CPU backward-weights: batch-first columns (B, K) per location when F >= _CPU_BATCH_FIRST_MIN_F,
-# else batch-last (K, B) (see the module docstring; F = 8, B = 32 ran slower batch-first).
-_CPU_BATCH_FIRST_MIN_F = 16
 
 
 def lc_output_shape(in_hw: tuple[int, int], k: int, stride: int) -> tuple[int, int]:
@@ -97,8 +85,6 @@ def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu:
         workspace = itemsize * max(X + L*F*B + T*c*K*B,              forward
                                    X + L*F*B + T*c*K*(B+F),          backward-weights
                                    L*F*B + T*(X + c*K*B))            backward-data
-        (batch-last terms; backward-weights batch-first, F >= _CPU_BATCH_FIRST_MIN_F, needs less:
-        L*F*B + T*c*B*K, so the bound holds for both layouts.)
     stride: needed on the CPU only (for X); None assumes stride = k, an upper bound for every
     stride <= k.
     """
@@ -199,7 +185,7 @@ def lc_forward(x: Array, W: Array, stride: int) -> Array:
 
 
 def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int, out: Array | None = None) -> Array:
-    """dW[oy, ox, f, c, ky, kx]: per location (F, B) @ (B, K), all batched.
+    """dW[oy, ox, f, c, ky, kx]: per location one GEMM over the batch, all batched.
 
     out: a C-contiguous array of dW's shape and dtype (same device) to write into and return,
     e.g. the previous step's gradient. On CPUs a fresh weight-sized output costs its page faults
@@ -220,22 +206,22 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int, out:
     if _is_gpu(xp) or _FORCE_GENERIC:
         _backward_weights_gpu(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride, dW)
         return dW6
-    if F >= _CPU_BATCH_FIRST_MIN_F:
-        _backward_weights_cpu_bf(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride, dW)
-        return dW6
     xt = batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
-    dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B) view
-
-    dyt = dyt.transpose(0, 2, 1)  # (L, B, F) view
+    dyt = _per_location(dy.astype(dtype, copy=False)).transpose(0, 2, 1)  # (L, B, F) view
+    c = _chunk_size(xp, L, K * B * xt.itemsize)
+    scratch = _PerThread(((c, K, B), (c, K, F)), dtype)
 
     def work(lo: int, hi: int) -> None:
-        cols = _gather(win, lo, hi)  # (n, K, B)
-        # dW_l^T = cols_l (K, B) @ dy_l^T (B, F): the long K axis as GEMM rows is much faster
-        # than (F, B) @ (B, K) with tiny F and B; the transpose back is chunk-local (in cache)
-        dW[lo:hi] = xp.matmul(cols, dyt[lo:hi]).transpose(0, 2, 1)  # (n, K, F) -> (n, F, K)
+        cb, tb = scratch.get()
+        cols = _gather(win, lo, hi, out=cb)  # (n, K, B)
+        # dW_l^T = cols_l (K, B) @ dy_l^T (B, F): the long K axis as GEMM rows is the fast
+        # orientation; each (K, F) result is moved into dW_l while it is in cache
+        t = xp.matmul(cols, dyt[lo:hi], out=tb[: hi - lo])  # (n, K, F)
+        for i in range(hi - lo):
+            transpose_into(t[i], dW[lo + i])
 
-    map_chunks(work, L, _chunk_size(xp, L, K * B * xt.itemsize), gpu=_is_gpu(xp))
+    map_chunks(work, L, c)
     return dW6
 
 
@@ -409,12 +395,6 @@ def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: in
     return total
 
 
-# CPU backward-weights, batch-first (F >= _CPU_BATCH_FIRST_MIN_F). Columns cols_l (B, K) are
-# gathered straight from x (B, C, H, W) through the window view (no batch-last copy of x); each
-# location is one 2-D np.matmul written into dW; each worker thread reuses its own scratch buffer
-# for the whole call (no per-chunk allocation), freed when the call returns.
-
-
 class _PerThread:
     """Scratch arrays of one kernel call, one set per worker thread, allocated on first use."""
 
@@ -427,22 +407,3 @@ class _PerThread:
         if bufs is None:
             bufs = self._tls.bufs = tuple(np.empty(sh, dtype=self._dtype) for sh in self._shapes)
         return bufs
-
-
-def _backward_weights_cpu_bf(x: Array, dy: Array, k: int, s: int, dW: Array) -> None:
-    """dW (L, F, K); per location dW_l (F, K) = dy_l (F, B) @ cols_l (B, K), written in place."""
-    B, C = x.shape[:2]
-    _, F, OY, OX = dy.shape
-    L, K = OY * OX, C * k * k
-    win = _windows_bf(x, k, s, OY, OX)
-    dyt = _per_location(dy)  # (L, F, B) view
-    c = _chunk_size(np, L, K * B * x.itemsize)
-    scratch = _PerThread(((c, B, C, k, k),), x.dtype)
-
-    def work(lo: int, hi: int) -> None:
-        (cb,) = scratch.get()
-        cols = _gather_any(win, lo, hi, out=cb).reshape(hi - lo, B, K)
-        for i in range(hi - lo):
-            np.matmul(dyt[lo + i], cols[i], out=dW[lo + i])
-
-    map_chunks(work, L, c)
