@@ -20,6 +20,11 @@ from mpi4py import MPI
 # How long a failing rank other than 0 waits before it prints, so that an error raised on every
 # rank at once (bad input) is shown once, by rank 0, whose abort then ends the others.
 _ABORT_GRACE_S = 0.5
+# How long the failing rank waits after printing before it aborts. The launcher forwards each
+# rank's stderr through its proxy, and MPI_Abort has the launcher kill the proxies: aborting at
+# once lost the message about once in 15 runs (MPICH hydra, 3-4 ranks on 2 cores), the job
+# ending with nothing printed.
+_FORWARD_GRACE_S = 0.5
 
 
 @dataclass
@@ -114,6 +119,7 @@ def _report_and_abort(message: str, code: int) -> None:
         prefix = f"[rank {w.rank}] " if w.size > 1 else ""
         sys.stderr.write(prefix + message.rstrip() + "\n")
         sys.stderr.flush()
+        time.sleep(_FORWARD_GRACE_S)
         w.abort(code)
         os._exit(code)  # MPI_Abort may return on the calling rank once the launcher has the message
     sys.stderr.write(message.rstrip() + "\n")
