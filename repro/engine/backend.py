@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from repro.engine.hostmem import keep_freed_memory
+
 DTYPE = np.float32  # float32 everywhere; gradient checks ask for float64 explicitly
 
 
@@ -79,6 +81,7 @@ def select_backend(device: str = "auto", local_rank: int = 0) -> Backend:
     """
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"unknown device {device!r}: choose auto, cpu or gpu")
+    keep_freed_memory()  # host temporaries: reuse the heap from step to step (see hostmem)
     if device == "cpu":
         return Backend("cpu", np)
     cp = _cupy()
