@@ -66,6 +66,15 @@ def test_failure_on_one_rank_ends_the_job(n, bad):
     assert proc.stderr.count("RuntimeError: deliberate failure") == 1, proc.stderr
 
 
+def test_bad_input_on_every_rank_is_shown_once():
+    """Every rank meets the same bad input: rank 0's one line is shown, its abort ends the others
+    before they print theirs."""
+    proc = run_mpi(3, ["-m", "repro.cli", "--device", "cpu", "info", "--config", "nosuchconfig", "--ranks", "2"],
+                   timeout=60, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("unknown config 'nosuchconfig'") == 1, proc.stderr
+
+
 @pytest.mark.parametrize("n", [1, 3, 4, 6])
 def test_local_features_and_distributed_best(n, tmp_path):
     """Rank-local features cover every neuron once and match the gathered matrix; one neuron's

@@ -19,12 +19,13 @@ from mpi4py import MPI
 
 # How long a failing rank other than 0 waits before it prints, so that an error raised on every
 # rank at once (bad input) is shown once, by rank 0, whose abort then ends the others.
-_ABORT_GRACE_S = 0.5
-# How long the failing rank waits after printing before it aborts. The launcher forwards each
-# rank's stderr through its proxy, and MPI_Abort has the launcher kill the proxies: aborting at
-# once lost the message about once in 15 runs (MPICH hydra, 3-4 ranks on 2 cores), the job
-# ending with nothing printed.
-_FORWARD_GRACE_S = 0.5
+_ABORT_GRACE_S = 1.0
+# How long the failing rank waits after printing before it aborts (well under _ABORT_GRACE_S, so
+# that rank 0's abort still ends the others before they print). The launcher forwards each rank's
+# stderr through its proxy, and MPI_Abort has the launcher kill the proxies: aborting at once lost
+# the message about once in 15 runs (MPICH hydra, 3-4 ranks on 2 cores), the job ending with
+# nothing printed.
+_FORWARD_GRACE_S = 0.2
 
 
 @dataclass

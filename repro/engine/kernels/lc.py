@@ -28,8 +28,9 @@ Backward-weights on CPUs computes dW_l^T (K, F) = cols_l (K, B) @ dy_l^T (B, F),
 as GEMM rows, into a per-thread scratch block, and moves each (K, F) block into dW_l (F, K) while
 it is in cache (``transpose_into``: OpenCV for float32). Coates-like, best of 41 paired rounds:
 18.8 ms against 22.3 ms for the earlier scheme, dy_l (F, B) @ cols_l (B, K) on batch-first
-columns gathered from x in runs of only k numbers (the gather alone took 5.2 ms); Le-like
-25.1 against 27.5 ms for the same orientation with NumPy's element-wise transpose.
+columns gathered from x in runs of only k numbers (the gather alone took 5.2 ms). Le-like, the
+same orientation with NumPy's element-wise transpose before: no difference beyond the noise in
+wall time, 6-9% less CPU time (median and best; results/reference/kernels-cpu.md).
 
 GPUs take a separate path (``_forward_gpu``, ``_backward_weights_gpu``, ``_backward_data_grouped``;
 tests run it on NumPy through ``_FORCE_GENERIC``): no batch-last copy (strided gathers are cheap
