@@ -41,6 +41,11 @@ except ImportError:  # a broken OpenCV install must not take the kernels down wi
     cv2 = None
 
 
+def _opencv_takes(a: np.ndarray) -> bool:
+    """Whether a (2-D, non-empty) transposes through OpenCV: float32, sides that fit a C int."""
+    return cv2 is not None and a.dtype == np.float32 and 0 < a.shape[0] <= _INT_MAX and 0 < a.shape[1] <= _INT_MAX
+
+
 def _cv_into(src: np.ndarray, dst: np.ndarray) -> None:
     """dst[:] = src.T; OpenCV returns a new array instead when it cannot write into dst."""
     r = cv2.transpose(src, dst=dst)
@@ -73,7 +78,7 @@ def transpose_into(a: np.ndarray, out: np.ndarray) -> None:
     """out[:] = a.T for 2-D arrays with unit-stride rows (one call, on the calling thread): through
     OpenCV for float32, else NumPy's copy. For small blocks already in cache, e.g. one location's
     weight gradient (Coates-like, 2048 x 64: OpenCV about 2x faster than NumPy there)."""
-    if cv2 is not None and a.dtype == np.float32 == out.dtype and a.shape[0] <= _INT_MAX and a.shape[1] <= _INT_MAX:
+    if _opencv_takes(a) and out.dtype == a.dtype:
         _cv_into(a, out)
     else:
         np.copyto(out, a.T)
@@ -83,7 +88,7 @@ def transpose2d(a: np.ndarray) -> np.ndarray:
     """Contiguous a.T of a C-contiguous 2-D array, tiled and threaded."""
     q, p = a.shape  # out is (p, q)
     out = np.empty((p, q), dtype=a.dtype)
-    if cv2 is not None and a.dtype == np.float32 and 0 < q <= _INT_MAX and 0 < p <= _INT_MAX:
+    if _opencv_takes(a):
         _transpose_cv(a, out)
         return out
     if a.nbytes < _MIN_TILED_BYTES:
