@@ -120,3 +120,45 @@ def _cli():
     from repro.cli import cli
 
     return cli
+
+
+def test_repeated_launches_run_round_robin_and_report_the_median_launch():
+    pts = S.plan([1, 2], [1], "both")
+    # update times per (point, round): round 1 is a slow spell for every point
+    times = {S.Point("weak", 1, 1): [40.0, 60.0, 44.0], S.Point("weak", 2, 2): [50.0, 66.0, 46.0],
+             S.Point("strong", 1, 1): [40.0, 58.0, 42.0], S.Point("strong", 2, 1): [25.0, 35.0, 24.0]}
+    order: list[tuple[int, S.Point]] = []
+    calls = {pt: 0 for pt in pts}
+
+    def run_one(pt):
+        i = calls[pt]
+        calls[pt] += 1
+        t = times[pt][i] / 1e3
+        return {"update_s": t, "comm_share": 0.1 * i, "wait_share": 0.01 * i, "flops_per_update": 1e9 * pt.size,
+                "ranks": pt.ranks, "mode": pt.mode, "size": pt.size, "launch": i}
+
+    got = S.sweep(pts, 3, run_one, progress=lambda r, pt: order.append((r, pt)))
+    assert order == [(r, pt) for r in range(3) for pt in pts]  # every round launches every point once
+    by = {(p["mode"], p["ranks"], p["size"]): p for p in got}
+    w1, w2 = by[("weak", 1, 1)], by[("weak", 2, 2)]
+    assert w1["update_s"] == pytest.approx(0.044) and w1["launch"] == 2  # median launch, all its figures
+    assert [r["update_s"] for r in w1["runs"]] == pytest.approx([0.040, 0.060, 0.044])
+    assert (w1["update_s_min"], w1["update_s_max"]) == pytest.approx((0.040, 0.060))
+    assert w2["update_s"] == pytest.approx(0.050)
+    S.add_efficiency(got)
+    rounds = [40 / 50, 60 / 66, 44 / 46]
+    assert w2["efficiency_rounds"] == pytest.approx(rounds)
+    assert w2["efficiency"] == pytest.approx(sorted(rounds)[1])  # median of the paired rounds
+    assert w2["efficiency_work"] == pytest.approx(w2["efficiency"] * 2 / 2)
+    assert w1["efficiency"] == pytest.approx(1.0) and "efficiency_rounds" not in w1
+    s2 = by[("strong", 2, 1)]
+    srounds = [40 / 25 / 2, 58 / 35 / 2, 42 / 24 / 2]
+    assert s2["efficiency"] == pytest.approx(sorted(srounds)[1])
+    assert s2["speedup"] == pytest.approx(2 * s2["efficiency"])
+    # an even count takes the faster middle launch
+    assert S.median_run([{"update_s": t, "comm_share": 0, "wait_share": 0} for t in (3, 1, 4, 2)])["update_s"] == 2
+    md = S.markdown({"family": "cpu", "device": "cpu", "when": "now", "host": "h", "threads_per_rank": 1,
+                     "batch": 4, "steps": 1, "repeat": 3,
+                     "points": [dict(p, input_size=[1, 1], parameters_W1=1, images_per_s=1, gflops_per_rank=1,
+                                     peak_bytes=1, estimate_bytes=1) for p in got]})
+    assert "| 50.0 (46.0-66.0) |" in md and f"| {sorted(rounds)[1]:.2f} ({min(rounds):.2f}-{max(rounds):.2f}) |" in md

@@ -36,6 +36,9 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
               help="Model family: 'cpu' (small 2-stage base), or a config name / .toml whose stages are grown.")
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(1), help="Minibatch size.")
 @click.option("--steps", default=3, show_default=True, type=click.IntRange(1), help="Timed updates per point.")
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1),
+              help="Launch every configuration this many times, round-robin; report the median launch, the "
+                   "range, and the median of each round's efficiency (for shared, noisy machines).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="BLAS/kernel threads per rank.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds allowed per configuration.")
 @click.option("--out", default="results/scaling", show_default=True, help="Folder for sweep.json / sweep.png.")
@@ -54,7 +57,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @click.option("--size", default=1, type=click.IntRange(1), hidden=True)
 @click.option("--worker-json", default=None, hidden=True)
 @click.pass_obj
-def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, threads, timeout, out, breakdown,  # noqa: ANN001
+def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repeat, threads, timeout, out, breakdown,  # noqa: ANN001
                   project, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family,
                   worker, size, worker_json) -> None:
     """Weak and strong scaling of the fine-tuning update (each point its own mpiexec launch), or --project."""
@@ -69,12 +72,14 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, thre
         _project(con, outdir, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family)
         return
     device = "gpu" if obj.device == "gpu" else "cpu" if obj.device == "cpu" else "auto"
-    points = []
-    for pt in S.plan(ranks, sizes, mode, weak_base):
-        con.print(f"[dim]{pt.mode}: {pt.ranks} rank(s), size x{pt.size} ...[/dim]")
-        points.append(S.launch(pt, family, batch, steps, threads, device, timeout))
+    def progress(r: int, pt) -> None:  # noqa: ANN001
+        again = f" (round {r + 1} of {repeat})" if repeat > 1 else ""
+        con.print(f"[dim]{pt.mode}: {pt.ranks} rank(s), size x{pt.size}{again} ...[/dim]")
+
+    points = S.sweep(S.plan(ranks, sizes, mode, weak_base), repeat,
+                     lambda pt: S.launch(pt, family, batch, steps, threads, device, timeout), progress)
     S.add_efficiency(points)
-    doc = {"family": family, "device": points[0]["device"], "batch": batch, "steps": steps,
+    doc = {"family": family, "device": points[0]["device"], "batch": batch, "steps": steps, "repeat": repeat,
            "threads_per_rank": threads, "when": S.now(), "host": S.host_info(), "points": points,
            "load_average": list(os.getloadavg()),
            "notes": f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
@@ -97,15 +102,17 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, thre
 
 
 def _print_points(con: Console, points: list[dict]) -> None:
+    from repro.experiments import scaling as S
+
     t = Table(title="fine-tuning update: scaling")
     for c in ("mode", "ranks", "size", "W1 params", "ms/update", "images/s", "GFLOP/s/rank", "comm", "peak/rank",
               "est./rank", "efficiency", "weak eff./work"):
         t.add_column(c, justify="left" if c == "mode" else "right")
     for p in points:
         t.add_row(p["mode"], str(p["ranks"]), f"x{p['size']}", f"{p['parameters_W1'] / 1e6:.2f}M",
-                  f"{p['update_s'] * 1e3:.1f}", f"{p['images_per_s']:.1f}", f"{p['gflops_per_rank']:.2f}",
+                  S.fmt_ms(p), f"{p['images_per_s']:.1f}", f"{p['gflops_per_rank']:.2f}",
                   f"{100 * p['comm_share']:.1f}%", f"{p['peak_bytes'] / 2**20:.1f} MiB",
-                  f"{p['estimate_bytes'] / 2**20:.1f} MiB", f"{p['efficiency']:.2f}",
+                  f"{p['estimate_bytes'] / 2**20:.1f} MiB", S.fmt_efficiency(p),
                   f"{p['efficiency_work']:.2f}" if "efficiency_work" in p else "")
     con.print(t)
 

@@ -232,20 +232,56 @@ def launch(pt: Point, family: str, batch: int, steps: int, threads: int, device:
     return r
 
 
+def sweep(points: list[Point], repeat: int, run_one: Any, progress: Any = None) -> list[dict[str, Any]]:
+    """Launch every point ``repeat`` times, round-robin (round r launches each point once, back to
+    back, so a slow spell of a shared machine hits the points of one round alike), and fold each
+    point's launches into one result: the median launch's figures (breakdown, memory and shares
+    come from that one launch), its range, and every launch in ``runs`` (round order)."""
+    runs: dict[Point, list[dict[str, Any]]] = {pt: [] for pt in points}
+    for r in range(repeat):
+        for pt in points:
+            if progress is not None:
+                progress(r, pt)
+            runs[pt].append(run_one(pt))
+    return [median_run(runs[pt]) for pt in points]
+
+
+def median_run(launches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The launch with the median update time (the faster middle one for an even count), with
+    ``runs`` (each launch's time and shares, in launch order) and the range of update times."""
+    order = sorted(range(len(launches)), key=lambda i: launches[i]["update_s"])
+    out = dict(launches[order[(len(order) - 1) // 2]])
+    out["runs"] = [{k: r[k] for k in ("update_s", "comm_share", "wait_share")} for r in launches]
+    out["update_s_min"] = launches[order[0]]["update_s"]
+    out["update_s_max"] = launches[order[-1]]["update_s"]
+    return out
+
+
 def add_efficiency(points: list[dict[str, Any]]) -> None:
     """Weak: t(fewest ranks) / t(n) with the model grown in proportion. Strong: speedup and speedup
-    per added rank, per size. ``throughput_x``: LC work per second relative to the reference run."""
+    per added rank, per size. ``throughput_x``: LC work per second relative to the reference run.
+
+    With repeated launches (``runs``), ``efficiency`` is the median over rounds of each round's
+    ratio (the two launches of a round ran minutes apart at most), ``efficiency_rounds`` every
+    round's; without, the ratio of the two update times."""
     for p in points:
         same = [q for q in points if q["mode"] == p["mode"] and (p["mode"] == "weak" or q["size"] == p["size"])]
         r0 = min(same, key=lambda q: q["ranks"])
         p["throughput_x"] = (p["flops_per_update"] / p["update_s"]) / (r0["flops_per_update"] / r0["update_s"])
+        per_rank = r0["ranks"] / p["ranks"]
+        t0s = [r["update_s"] for r in r0.get("runs", [{"update_s": r0["update_s"]}])]
+        ts = [r["update_s"] for r in p.get("runs", [{"update_s": p["update_s"]}])]
+        if len(t0s) != len(ts):  # not from one round-robin sweep: compare the medians only
+            t0s, ts = [r0["update_s"]], [p["update_s"]]
+        rounds = [a / b * (1.0 if p["mode"] == "weak" else per_rank) for a, b in zip(t0s, ts)]
+        p["efficiency"] = float(np.median(rounds))
+        if len(rounds) > 1 and p is not r0:
+            p["efficiency_rounds"] = rounds
         if p["mode"] == "weak":
-            p["efficiency"] = r0["update_s"] / p["update_s"]
             # the grown model is only about n x the reference (valid layers shrink): per unit of work
-            p["efficiency_work"] = p["throughput_x"] * r0["ranks"] / p["ranks"]
+            p["efficiency_work"] = p["efficiency"] * (p["flops_per_update"] / r0["flops_per_update"]) * per_rank
         else:
-            p["speedup"] = r0["update_s"] / p["update_s"]
-            p["efficiency"] = p["speedup"] * r0["ranks"] / p["ranks"]
+            p["speedup"] = p["efficiency"] / per_rank
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -269,8 +305,14 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
                 continue
             lab = "weak (model grows with ranks)" if mode == "weak" else f"strong (size x{m})"
             x = [p["ranks"] for p in pts]
-            a.plot(x, [p["update_s"] * 1e3 for p in pts], marker=marker, label=lab)
-            b.plot(x, [p["efficiency"] for p in pts], marker=marker, label=lab)
+            t = [p["update_s"] * 1e3 for p in pts]
+            spread = [[ti - p.get("update_s_min", p["update_s"]) * 1e3 for ti, p in zip(t, pts)],
+                      [p.get("update_s_max", p["update_s"]) * 1e3 - ti for ti, p in zip(t, pts)]]
+            a.errorbar(x, t, yerr=spread, marker=marker, capsize=3, label=lab)  # range of repeated launches
+            e = [p["efficiency"] for p in pts]
+            rounds = [p.get("efficiency_rounds", [p["efficiency"]]) for p in pts]
+            b.errorbar(x, e, yerr=[[ei - min(r) for ei, r in zip(e, rounds)], [max(r) - ei for ei, r in zip(e, rounds)]],
+                       marker=marker, capsize=3, label=lab)
     a.set(xlabel="ranks", ylabel="ms per update", title="fine-tuning update time")
     b.set(xlabel="ranks", ylabel="efficiency", title="scaling efficiency", ylim=(0, 1.2))
     for ax in (a, b):
@@ -280,6 +322,20 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     atomic.save_figure(fig, path, dpi=110)
+
+
+def fmt_ms(p: dict[str, Any]) -> str:
+    """Update time in ms, with the range of repeated launches in brackets."""
+    ms = f"{p['update_s'] * 1e3:.1f}"
+    if len(p.get("runs", [])) > 1:
+        ms += f" ({p['update_s_min'] * 1e3:.1f}-{p['update_s_max'] * 1e3:.1f})"
+    return ms
+
+
+def fmt_efficiency(p: dict[str, Any]) -> str:
+    """Efficiency, with the range over rounds of repeated launches in brackets."""
+    r = p.get("efficiency_rounds")
+    return f"{p['efficiency']:.2f}" + (f" ({min(r):.2f}-{max(r):.2f})" if r else "")
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -294,12 +350,17 @@ def markdown(doc: dict[str, Any]) -> str:
         per_work = f"{p['efficiency_work']:.2f}" if "efficiency_work" in p else ""
         lines.append(
             f"| {p['mode']} | {p['ranks']} | x{p['size']} | {p['input_size'][0]}x{p['input_size'][1]} | "
-            f"{p['parameters_W1'] / 1e6:.2f}M | {p['update_s'] * 1e3:.1f} | {p['images_per_s']:.1f} | "
+            f"{p['parameters_W1'] / 1e6:.2f}M | {fmt_ms(p)} | {p['images_per_s']:.1f} | "
             f"{p['gflops_per_rank']:.2f} | {100 * p['comm_share']:.1f} | {100 * p['wait_share']:.1f} | "
-            f"{p['peak_bytes'] / 2**20:.1f} | {p['estimate_bytes'] / 2**20:.1f} | {p['efficiency']:.2f} | {per_work} |")
+            f"{p['peak_bytes'] / 2**20:.1f} | {p['estimate_bytes'] / 2**20:.1f} | {fmt_efficiency(p)} | {per_work} |")
+    repeat = doc.get("repeat", 1)
     lines += ["", "efficiency: weak = t(1 rank) / t(n ranks, n x the model); strong = speedup / n. "
               "Weak, per work: LC FLOP/s per rank at n over the same at 1 rank (the grown model is only "
-              "about n x the reference).",
+              "about n x the reference)."]
+    if repeat > 1:
+        lines += [f"{repeat} launches of every point, round-robin: each row is the median launch (range in "
+                  "brackets); efficiency is the median over rounds of each round's ratio (range in brackets)."]
+    lines += [
               "comm %: halo fetch + scatter-add + loss all-reduce (window copies included) over the update, "
               "largest rank; MPI wait %: the Waitall part alone.",
               "peak: held parameters/optimiser state/images + tracemalloc peak of one update (CPU); "
