@@ -463,6 +463,39 @@ def test_lc_backward_data_long_runs_matches_loop(threads, monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize("case, chunk_locs, way", [
+    ((3, 2, 12, 11, 2, 1, 3), 10**6, "offset"),  # stride 1, whole rows: one add per window offset
+    ((2, 3, 15, 14, 3, 1, 2), 40, "offset"),  # ... in chunks of 3 whole rows (of 12 locations)
+    ((3, 2, 13, 17, 3, 2, 2), 10**6, "grouped"),  # stride 2: windows 2 locations apart share an add
+    ((2, 2, 16, 17, 5, 3, 2), 10**6, "grouped"),  # stride 3
+    ((2, 3, 11, 11, 4, 3, 5), 2, "one per location"),  # chunks of fewer locations than ceil(k/s)
+])
+def test_lc_backward_data_each_way_of_adding_matches_loop(case, chunk_locs, way, threads, monkeypatch):
+    """The CPU backward-data adds window blocks by offset, by groups of windows or one per location,
+    chosen per chunk by the number of adds: each way equals the loop, also where chunk and thread
+    boundaries cut rows into pieces (with several threads the ways mix, so only one thread's is
+    checked)."""
+    import repro.engine.kernels.lc as lc
+
+    monkeypatch.setenv("REPRO_KERNEL_THREADS", threads)
+    x, W, dy, k, s = _lc_case(case)
+    K, B = W.shape[3] * k * k, x.shape[0]
+    monkeypatch.setattr(lc, "_CPU_CHUNK_BYTES", chunk_locs * K * B * x.itemsize)
+    used = {"offset": 0, "grouped": 0}
+    for name, fn in (("offset", lc._add_by_offset), ("grouped", lc._add_windows)):
+        monkeypatch.setattr(lc, f"_add_{'by_offset' if name == 'offset' else 'windows'}",
+                            lambda *a, _fn=fn, _n=name, **kw: (used.__setitem__(_n, used[_n] + 1), _fn(*a, **kw))[1])
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape),
+                               rtol=1e-12, atol=1e-12)
+    if threads != "1":
+        return
+    if way == "one per location":
+        assert used == {"offset": 0, "grouped": 0}
+    else:
+        assert used[way] > 0
+
+
 def test_unbuffered_ufuncs_is_scoped():
     """The small ufunc buffer holds inside the block only, and only for long runs."""
     from repro.engine.kernels._parallel import _UNBUFFERED_MIN_RUN, _UNBUFFERED_SIZE, unbuffered_ufuncs

@@ -233,8 +233,11 @@ def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, i
     scatter-add over groups of locations whose windows do not overlap (q = ceil(k/s) apart),
     each group one vectorised ``+=`` into a strided view of dx: <= ceil(k/s)**2 adds a chunk.
     CPU: each worker thread takes a contiguous range of locations, computes the columns of a
-    cache-sized chunk at a time and adds each window block into its own accumulator; the
-    accumulators are summed at the end (the full (L, K, B) columns never reach main memory).
+    cache-sized chunk at a time and adds them into its own accumulator; the accumulators are
+    summed at the end (the full (L, K, B) columns never reach main memory). Small layers are
+    bound by the number of adds (a few us each), so each chunk takes the way with the fewest:
+    one add per window offset (stride 1, chunks of whole rows), one per group of windows that
+    do not overlap, or one per location (large windows, where chunks hold few locations).
     """
     xp = get_array_module(dy, W)
     B, C, H, Wd = (int(v) for v in input_shape)
@@ -369,24 +372,49 @@ def _backward_data_grouped(Wm: Array, dy: Array, in_shape: tuple, OY: int, OX: i
 
 
 def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: int, k: int, s: int) -> Array:
-    """CPU path: per-thread accumulators, cache-sized chunks, one add per window block."""
+    """CPU path: per-thread accumulators, cache-sized chunks (whole rows where one fits), and per
+    chunk the fewest adds: by offset (_add_by_offset), by groups of windows (_add_windows), or one
+    per location. Paired against one add per location (best of 21-31 rounds, results/reference/
+    kernels-cpu.md): the scaling family's layers 2.9-3.5 -> 1.8-2.6 ms and 1.9-2.2 -> 1.2-1.6 ms,
+    mini's first 0.54-0.85 -> 0.22-0.61 ms; the Le- and Coates-like shapes unchanged."""
     C, H, Wd, B = shape_t
     L, K, F = Wt.shape
     sub = _chunk_size(np, L, K * B * Wt.itemsize)
     parts: dict[int, np.ndarray] = {}
 
+    if sub >= OX:  # whole rows per chunk: rectangles, whose adds cover many locations at once
+        sub -= sub % OX
+
+    q = -(-k // s)  # windows q locations apart do not overlap
+
     def work(lo: int, hi: int) -> None:
         acc = np.zeros(shape_t, dtype=Wt.dtype)  # (C, H, W, B), this thread's own
-        buf = np.empty((sub, K, B), dtype=Wt.dtype)
-        with unbuffered_ufuncs(k * B):  # the window adds: runs of k*B numbers
-            for c0 in range(lo, hi, sub):
-                n = min(sub, hi - c0)
-                dc = np.matmul(Wt[c0 : c0 + n], dyt[c0 : c0 + n], out=buf[:n])  # (n, K, B)
-                dc = dc.reshape(n, C, k, k, B)
+        flat = np.empty(sub * K * B, dtype=Wt.dtype)
+        with unbuffered_ufuncs(k * B):  # the window adds: runs of k*B numbers (or longer)
+            _chunks(acc, flat, lo, hi)
+        parts[lo] = acc  # one key per worker range
+
+    def _chunks(acc: np.ndarray, flat: np.ndarray, lo: int, hi: int) -> None:
+        for c0 in range(lo, hi, sub):
+            n = min(sub, hi - c0)
+            # adds if grouped by window (n <= q: no two windows of the chunk can share one)
+            rects = _rectangles(c0, n, OX) if n > q else []
+            grouped = sum(min(q, nr) * min(q, nc) for _, _, _, nr, nc in rects) if rects else n
+            if s == 1 and rects and k * k * len(rects) <= grouped:  # as few adds by offset, and longer runs
+                dck = flat[: K * n * B].reshape(K, n, B)  # each dc_l a (K, B) matrix of row stride n*B
+                np.matmul(Wt[c0 : c0 + n], dyt[c0 : c0 + n], out=dck.transpose(1, 0, 2))
+                for rect in rects:
+                    _add_by_offset(acc, dck.reshape(C, k, k, n * B), *rect)
+                continue
+            dc = np.matmul(Wt[c0 : c0 + n], dyt[c0 : c0 + n], out=flat[: n * K * B].reshape(n, K, B))
+            if grouped == n:  # no two windows of the chunk share an add: one add per location
+                d5 = dc.reshape(n, C, k, k, B)
                 for i in range(n):
                     oy, ox = divmod(c0 + i, OX)
-                    acc[:, oy * s : oy * s + k, ox * s : ox * s + k, :] += dc[i]
-        parts[lo] = acc  # one key per worker range
+                    acc[:, oy * s : oy * s + k, ox * s : ox * s + k, :] += d5[i]
+                continue
+            for i0, r0, q0, nr, nc in rects:
+                _add_windows(acc, dc[i0 : i0 + nr * nc].reshape(nr, nc, C, k, k, B), r0, q0, s)
 
     map_chunks(work, L, -(-L // n_threads()))
     order = sorted(parts)  # fixed summation order: results do not depend on thread timing
@@ -394,6 +422,60 @@ def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: in
     for lo in order[1:]:
         total += parts[lo]
     return total
+
+
+def _rectangles(c0: int, n: int, OX: int) -> list[tuple[int, int, int, int, int]]:
+    """Flat locations c0..c0+n-1 as at most three rectangles in row-major order, each contiguous in
+    the flat order: (offset in the chunk, first row, first column, rows, columns)."""
+    out, i = [], 0
+    while i < n:
+        r, q = divmod(c0 + i, OX)
+        if q or n - i < OX:  # a piece of one row
+            m = min(OX - q, n - i)
+            out.append((i, r, q, 1, m))
+        else:  # whole rows
+            m = (n - i) // OX * OX
+            out.append((i, r, 0, m // OX, OX))
+        i += m
+    return out
+
+
+def _add_windows(acc: Array, dc: Array, r0: int, q0: int, s: int) -> None:
+    """acc (C, H, W, B) += every window block of dc (nr, nc, C, k, k, B), the rectangle of
+    locations whose first is (r0, q0). Windows q = ceil(k/s) locations apart do not overlap, so
+    each group of locations (oy = a mod q, ox = b mod q) is one vectorised add into a strided view
+    of acc: min(q, nr) * min(q, nc) adds instead of nr * nc (mini's first layer, stride 2: 9 adds
+    a rectangle where there were 98 per thread)."""
+    nr, nc, C, k, _, B = dc.shape
+    q = -(-k // s)
+    sc, sh, sw, sb = acc.strides
+    for a in range(min(q, nr)):
+        my = len(range(a, nr, q))
+        for b in range(min(q, nc)):
+            nx = len(range(b, nc, q))
+            y, x = (r0 + a) * s, (q0 + b) * s
+            if my == nx == 1:  # a group of one window: a plain slice is cheaper than a strided view
+                acc[:, y : y + k, x : x + k, :] += dc[a, b]
+                continue
+            # the view built directly (as_strided takes 5-6 us, this under 1: the adds are small)
+            tgt = np.ndarray((my, nx, C, k, k, B), acc.dtype, acc, y * sh + x * sw,
+                             (q * s * sh, q * s * sw, sc, sh, sw, sb))
+            tgt += dc[a::q, b::q]
+
+
+def _add_by_offset(acc: Array, d: Array, i0: int, r0: int, q0: int, nr: int, nc: int) -> None:
+    """Stride 1: acc (C, H, W, B) += the rectangle (rows r0.., columns q0.., nr x nc locations,
+    flat offset i0 in the chunk) of d (C, k, k, n*B), columns dc laid out offset-major. Window
+    element (ky, kx) of every location of the rectangle lands in one (C, nr, nc*B) block of acc,
+    rows of nc*B contiguous numbers on both sides: k*k adds for the rectangle, not one per location
+    (the scaling family's first layer: 64 adds for a chunk of 240 locations)."""
+    C, k, _, _ = d.shape
+    B = acc.shape[3]
+    src = d[:, :, :, i0 * B : (i0 + nr * nc) * B]
+    with unbuffered_ufuncs(nc * B):
+        for ky in range(k):
+            for kx in range(k):
+                acc[:, r0 + ky : r0 + ky + nr, q0 + kx : q0 + kx + nc, :] += src[:, ky, kx].reshape(C, nr, nc, B)
 
 
 class _PerThread:
