@@ -139,18 +139,25 @@ def test_lc_backward_weights_matches_loop(case):
 
 @pytest.mark.parametrize("case", LC_CASES)
 @pytest.mark.parametrize("chunk_locs", [1, 3, 10**6])
-def test_lc_cpu_chunks_match_loop(case, chunk_locs, monkeypatch):
-    """The CPU kernels with chunks of one, three and all locations."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("moves", ["per chunk", "per location"])
+def test_lc_cpu_chunks_match_loop(case, chunk_locs, dtype, moves, monkeypatch):
+    """The CPU kernels with chunks of one, three and all locations; backward-weights moving its
+    (K, F) blocks into dW one chunk at a time (small blocks) or one location at a time (OpenCV
+    for float32)."""
     import repro.engine.kernels.lc as lc
 
-    x, W, dy, k, s = _lc_case(case)
+    x, W, dy, k, s = _lc_case(case, dtype=dtype)
     K, B = W.shape[3] * k * k, x.shape[0]
     monkeypatch.setattr(lc, "_CPU_CHUNK_BYTES", chunk_locs * K * B * x.itemsize)
-    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x, dy, s, k),
-                               rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape),
-                               rtol=1e-12, atol=1e-12)
+    if moves == "per location":
+        monkeypatch.setattr(lc, "_BATCHED_MOVE_MAX", 0)
+    else:
+        assert K * W.shape[2] < lc._BATCHED_MOVE_MAX
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lc_forward(x, W, s), ref_lc_forward(x, W, s), **tol)
+    np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x, dy, s, k), **tol)
+    np.testing.assert_allclose(lc_backward_data(dy, W, s, x.shape), ref_lc_backward_data(dy, W, s, x.shape), **tol)
 
 
 @pytest.mark.parametrize("path", ["cpu", "generic"])
