@@ -381,9 +381,9 @@ def _backward_data_grouped(Wm: Array, dy: Array, in_shape: tuple, OY: int, OX: i
 def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: int, k: int, s: int) -> Array:
     """CPU path: per-thread accumulators, cache-sized chunks (whole rows where one fits), and per
     chunk the fewest adds: by offset (_add_by_offset), by groups of windows (_add_windows), or one
-    per location. Paired against one add per location (best of 21-31 rounds, results/reference/
-    kernels-cpu.md): the scaling family's layers 2.9-3.5 -> 1.8-2.6 ms and 1.9-2.2 -> 1.2-1.6 ms,
-    mini's first 0.54-0.85 -> 0.22-0.61 ms; the Le- and Coates-like shapes unchanged."""
+    per location. Paired against one add per location on one thread (best of 31 rounds,
+    results/reference/kernels-cpu.md): the scaling family's first layer 2.85 -> 2.08 ms, mini's
+    first 0.55 -> 0.22 ms; the Le- and Coates-like shapes unchanged."""
     C, H, Wd, B = shape_t
     L, K, F = Wt.shape
     sub = _chunk_size(np, L, K * B * Wt.itemsize)
@@ -398,10 +398,10 @@ def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: in
         acc = np.zeros(shape_t, dtype=Wt.dtype)  # (C, H, W, B), this thread's own
         flat = np.empty(sub * K * B, dtype=Wt.dtype)
         with unbuffered_ufuncs(k * B):  # the window adds: runs of k*B numbers (or longer)
-            _chunks(acc, flat, lo, hi)
+            chunks(acc, flat, lo, hi)
         parts[lo] = acc  # one key per worker range
 
-    def _chunks(acc: np.ndarray, flat: np.ndarray, lo: int, hi: int) -> None:
+    def chunks(acc: np.ndarray, flat: np.ndarray, lo: int, hi: int) -> None:
         for c0 in range(lo, hi, sub):
             n = min(sub, hi - c0)
             # adds if grouped by window (n <= q: no two windows of the chunk can share one)
