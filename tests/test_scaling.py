@@ -62,7 +62,19 @@ def test_sized_configs_grow_the_parameters_with_the_size():
         gy, gx = S.grid_shape(m)
         h, w = cfg.input_size
         assert abs(w / h - gx / gy) < 0.1
-        assert abs(sum(cfg.parameter_counts()) / (m * p1) - 1) < 0.15
+        assert abs(sum(cfg.parameter_counts()) / (m * p1) - 1) < 0.05
+        # weak scaling: on m ranks the busiest rank holds the base's share of the work
+        assert abs(S.busiest_rank_params(cfg, m) / p1 - 1) < 0.01
+    # 29x58, the aspect ratio alone, would give the busiest of 2 ranks 4% more than the base
+    assert S.busiest_rank_params(S._resized(S.base_config("cpu"), 29, 58, "x"), 2) / p1 > 1.04
+
+
+def test_busiest_rank_params_counts_the_largest_tile():
+    cfg = S.sized_config("cpu", 1)
+    p = cfg.parameter_counts()
+    assert S.busiest_rank_params(cfg, 1) == sum(p)
+    # 31x31 input: stage filter grids 24x24 and 17x17; 2 ranks split columns 12/12 and 9/8
+    assert S.busiest_rank_params(cfg, 2) == p[0] // 2 + p[1] // (17 * 17) * 17 * 9
 
 
 def test_paper_family_spans_185M_to_11_2B():

@@ -14,9 +14,11 @@ fraction of a second; ``le2012``/``mini``/a .toml: that config's stage shapes) a
 means "the input area grown until the encoding weights W1 number about m x the base's": the
 input keeps the aspect ratio of the m-rank process grid (1x2 for m=2, 2x2 for 4, 2x4 for 8, ...),
 so with m ranks (weak scaling) every rank gets a tile like the base's, as in the paper, where
-the network grows from 185M parameters on 1 GPU to 11.2B on 64. The exact counts are reported
-(valid filtering, pooling and LCN shrink each layer by a constant, so growth is near, not exactly,
-linear).
+the network grows from 185M parameters on 1 GPU to 11.2B on 64. Valid filtering, pooling and LCN
+shrink each layer by a constant, and tiles split by whole columns, so among the inputs near that
+aspect ratio the one whose busiest rank (on m ranks) holds closest to the base's weights is taken:
+per-rank work then stays within 1% of the base's (``busiest_rank_params``). The exact counts are
+reported.
 
 What is measured, per configuration (rank 0 reports, after one warm-up update):
     update_s        wall time of one update (forward, backward and optimiser through all stages),
@@ -90,13 +92,34 @@ def _resized(cfg: NetworkConfig, h: int, w: int, name: str) -> NetworkConfig | N
         return None
 
 
-def config_with_params(base: NetworkConfig, target: float, aspect: tuple[int, int], name: str) -> NetworkConfig:
-    """The base's stages on the input (h, round(h*gx/gy)) whose W1 count is closest to ``target``."""
+def busiest_rank_params(cfg: NetworkConfig, ranks: int) -> int:
+    """W1 weights of the rank with the most, on the process grid ``Layout`` builds for ``ranks``: its
+    share of the LC work, which sets the update time (the slowest rank's)."""
+    from repro.engine.partition import Partition, ProcGrid, box_shape
+
+    grid = ProcGrid.for_ranks(ranks, cfg.input_size)
+    per_loc = [n // math.prod(shp["filter"]) for n, shp in zip(cfg.parameter_counts(), cfg.stage_shapes())]
+    parts = [Partition(shp["filter"], grid) for shp in cfg.stage_shapes()]
+    return max(sum(c * math.prod(box_shape(p.tile(r))) for c, p in zip(per_loc, parts)) for r in range(ranks))
+
+
+def config_with_params(base: NetworkConfig, target: float, aspect: tuple[int, int], name: str,
+                       ranks: int = 1) -> NetworkConfig:
+    """The base's stages on the input (h, w), w near h*gx/gy, whose W1 count is closest to ``target``
+    and, with ``ranks``, whose busiest rank holds closest to ``target / ranks`` of it.
+
+    Weak scaling holds the work per rank constant, so size m on m ranks should give the busiest
+    rank the base's work. The aspect ratio alone does not: valid layers shrink every layer by a
+    constant, and an odd number of columns splits unevenly (the cpu family's x2 on 29x58 gave each
+    rank 4.1% more than the base). So h is found for the target, then inputs within 2 rows and
+    5% of the width of it are scored by how far the busiest rank's share and the total are off their
+    targets (in steps of 0.5%), then by the aspect ratio.
+    """
     gy, gx = aspect
     h0 = base.input_size[0]
 
-    def make(h: int) -> NetworkConfig | None:
-        return _resized(base, h, max(1, round(h * gx / gy)), name)
+    def make(h: int, w: int | None = None) -> NetworkConfig | None:
+        return _resized(base, h, max(1, round(h * gx / gy)) if w is None else w, name)
 
     def params(h: int) -> float:
         c = make(h)
@@ -108,10 +131,21 @@ def config_with_params(base: NetworkConfig, target: float, aspect: tuple[int, in
     while hi - lo > 1:  # params grows with h: smallest h reaching the target
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if params(mid) < target else (lo, mid)
-    best = min((h for h in (lo, hi) if make(h) is not None), key=lambda h: abs(params(h) - target))
-    cfg = make(best)
-    assert cfg is not None
-    return cfg
+
+    def score(c: NetworkConfig) -> tuple[float, float, float]:
+        total = sum(c.parameter_counts())
+        h, w = c.input_size
+        busiest = busiest_rank_params(c, ranks) * ranks if ranks > 1 else total
+        return (round(abs(busiest / target - 1) / 0.005), round(abs(total / target - 1) / 0.005), abs(w / h - gx / gy))
+
+    cands = []
+    for h in range(max(1, lo - 2), hi + 3):
+        w0 = max(1, round(h * gx / gy))
+        dw = max(1, round(0.05 * w0))
+        cands += [c for c in (make(h, w) for w in range(max(1, w0 - dw), w0 + dw + 1)) if c is not None]
+    if not cands:
+        raise ReproError(f"{base.name}: no input size gives about {target:.3g} weights")
+    return min(cands, key=score)
 
 
 def sized_config(family: str, m: int, batch: int | None = None) -> NetworkConfig:
@@ -121,7 +155,7 @@ def sized_config(family: str, m: int, batch: int | None = None) -> NetworkConfig
         base = base.with_train(batch=batch)
     if m == 1:
         return replace(base, name=f"{base.name}-x1")
-    return config_with_params(base, m * sum(base.parameter_counts()), grid_shape(m), f"{base.name}-x{m}")
+    return config_with_params(base, m * sum(base.parameter_counts()), grid_shape(m), f"{base.name}-x{m}", ranks=m)
 
 
 # ---- one configuration, on every rank of an mpiexec launch ------------------------------------------
@@ -443,7 +477,7 @@ def paper_configs(family: str = "le2012", ranks: tuple[int, ...] = PAPER_RANKS, 
     PAPER.md: we use the family's stage shapes (le2012: 3 x [LC 18x18, 8 maps, pool 5, LCN 5])."""
     base = base_config(family).with_train(batch=batch)
     expo = math.log(PAPER["params_64gpu"] / PAPER["params_1gpu"]) / math.log(64)
-    return [config_with_params(base, PAPER["params_1gpu"] * n ** expo, grid_shape(n), f"{base.name}-p{n}")
+    return [config_with_params(base, PAPER["params_1gpu"] * n ** expo, grid_shape(n), f"{base.name}-p{n}", ranks=n)
             for n in ranks]
 
 
