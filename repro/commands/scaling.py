@@ -161,8 +161,8 @@ def _project(con: Console, outdir: Path, from_json: str | None, gflops: float | 
     con.print(t)
     con.print(f"paper (Coates et al. 2013): 185M parameters on 1 GPU -> 11.2B on 64 GPUs; {S.PAPER['note']}; "
               f"up to {S.PAPER['max_throughput_x']:.0f}x throughput.")
-    con.print("[dim]model: compute = LC GEMM FLOPs / ranks / rate (pooling, LCN, elementwise and optimiser "
-              "neglected; perfect load balance); comm = busiest rank's messages x latency + bytes / bandwidth "
+    con.print("[dim]model: compute = the busiest rank's LC GEMM FLOPs / rate (pooling, LCN, elementwise and "
+              "optimiser neglected); comm = busiest rank's messages x latency + bytes / bandwidth "
               "(every halo crosses the network, no overlap with compute, no PCIe staging, no contention "
               "beyond --ranks-per-link).[/dim]")
     S.write_json_atomic(outdir / "projection.json", {"link": link.__dict__, "source": source, "family": family,

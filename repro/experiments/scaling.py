@@ -455,10 +455,12 @@ def comm_volume(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4) -
 
 
 def project_point(cfg: NetworkConfig, ranks: int, batch: int, link: Link) -> dict[str, Any]:
-    """compute = flops_per_update / ranks / rate;  comm = messages * latency + bytes / bandwidth
-    (the busiest rank's); update = compute + comm (no overlap: the engine does not overlap yet)."""
+    """compute = the busiest rank's share of flops_per_update / rate (its share of the W1 weights,
+    ``busiest_rank_params``); comm = messages * latency + bytes / bandwidth (the busiest rank's);
+    update = compute + comm (no overlap assumed, though the engine overlaps halos between nodes:
+    a bound from above on that count)."""
     flops = flops_per_update(cfg, batch)
-    compute = flops / ranks / (link.gflops * 1e9)
+    compute = flops * busiest_rank_params(cfg, ranks) / sum(cfg.parameter_counts()) / (link.gflops * 1e9)
     vol = comm_volume(cfg, ranks, batch)
     worst = max(vol, key=lambda v: v["messages"] * link.latency_us * 1e-6 + v["bytes"] / link.bytes_per_s)
     comm = worst["messages"] * link.latency_us * 1e-6 + worst["bytes"] / link.bytes_per_s
