@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from repro.engine.timing import TIMER, profile_network, profile_update, timed
 from repro.experiments import scaling as S
+from repro.errors import ReproError
 from repro.model.config import from_dict
 from repro.model.memory import flops_per_update
 from repro.model.network import Network
@@ -128,6 +129,54 @@ def test_sweep_runs_and_writes_consistent_json(tmp_path):
     assert proj["link"]["gflops"] == pytest.approx(max(p["gflops_per_rank"] for p in pts.values() if p["ranks"] == 1))
     assert [p["ranks"] for p in proj["points"]] == list(S.PAPER_RANKS)
     assert all(math.isfinite(p["update_s"]) and p["update_s"] > 0 for p in proj["points"])
+
+
+def test_largest_config_is_the_largest_input_whose_estimate_fits():
+    from repro.model.memory import estimate
+
+    base = from_dict(SMALL, "t")
+    budget = 3 << 20
+
+    def need(c):
+        return max(e.total for e in estimate(c, 2, 4))
+
+    cfg, est = S.largest_config(base, 2, 4, budget, False, "big")
+    h, w = cfg.input_size
+    assert w == 2 * h and est == need(cfg) <= budget  # the 1 x 2 grid's aspect ratio
+    bigger = S._resized(base, h + 1, 2 * (h + 1), "big")
+    assert need(bigger) > budget
+    with pytest.raises(ReproError, match="no input size fits"):
+        S.largest_config(base, 1, 4, 1000, False, "big")
+
+
+@pytest.mark.parametrize("text, n", [("80GB", 80 * 10**9), ("16GiB", 16 * 2**30), ("512 MiB", 512 * 2**20),
+                                     ("1.5G", 15 * 10**8), ("4096", 4096)])
+def test_memory_sizes_parse(text, n):
+    from repro.commands.scaling import _bytes
+
+    assert _bytes(None, None, text) == n
+
+
+def test_largest_runs_the_largest_fitting_network_and_writes_json(tmp_path):
+    out = tmp_path / "lg"
+    args = ["--device", "cpu", "scaling-sweep", "--largest", "--family", "mini", "--ranks", "1,2", "--memory", "48MiB",
+            "--batch", "4", "--steps", "1", "--out", str(out)]
+    res = CliRunner().invoke(_cli(), args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "largest.json").read_text())
+    assert [p["ranks"] for p in doc["points"]] == [1, 2] and doc["device_name"]
+    for p in doc["points"]:
+        assert p["memory_bytes"] == 48 * 2**20 and p["memory_source"] == "given"
+        assert p["estimate_bytes"] == p["estimate_chosen_bytes"] <= 0.8 * 48 * 2**20
+        assert p["peak_bytes"] <= 1.25 * p["estimate_bytes"]
+        assert p["parameters_W1"] > sum(S.base_config("mini").parameter_counts())  # grown past the base
+    # two ranks hold about twice the network of one
+    assert doc["points"][1]["parameters_W1"] > 1.5 * doc["points"][0]["parameters_W1"]
+    bad = CliRunner().invoke(_cli(), args[:-2] + ["--memory", "lots", "--out", str(out)])
+    assert bad.exit_code != 0 and "80GB" in bad.output
+    small = CliRunner().invoke(_cli(), ["--device", "cpu", "scaling-sweep", "--largest", "--family", "mini",
+                                        "--ranks", "1", "--memory", "1MiB", "--out", str(out)])
+    assert small.exit_code != 0 and "no input size fits" in small.output
 
 
 def _cli():

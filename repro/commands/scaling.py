@@ -25,6 +25,23 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     return out
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _bytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """'80GB', '16GiB', '512MiB' or a plain number of bytes."""
+    if value is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        raise click.BadParameter(f"a size such as 80GB, 16GiB or 512MiB, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
 @click.command("scaling-sweep")
 @click.option("--ranks", default="1,2", show_default=True, callback=_ints, help="Rank counts, comma-separated.")
 @click.option("--sizes", default="1,2", show_default=True, callback=_ints,
@@ -53,18 +70,27 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @click.option("--ranks-per-link", default=1, show_default=True, type=click.IntRange(1),
               help="--project: ranks sharing one adapter's bandwidth (paper's servers: 4 GPUs per HCA).")
 @click.option("--project-family", default="le2012", show_default=True, help="--project: stage shapes to grow.")
+@click.option("--largest", is_flag=True,
+              help="Time the largest network of --family that fits the memory of each rank (per rank count in "
+                   "--ranks; by repro's memory estimate) instead of a sweep; writes largest.json.")
+@click.option("--memory", "memory", default=None, callback=_bytes,
+              help="--largest: bytes per rank, e.g. 80GB or 16GiB [the GPU's free memory, or the node's available "
+                   "memory shared among its ranks].")
+@click.option("--fill", default=0.8, show_default=True, type=click.FloatRange(0.05, 1.0),
+              help="--largest: fraction of that memory the estimate may take (a measured update may exceed its "
+                   "estimate; allocators fragment).")
 @click.option("--worker", is_flag=True, hidden=True)
 @click.option("--size", default=1, type=click.IntRange(1), hidden=True)
 @click.option("--worker-json", default=None, hidden=True)
 @click.pass_obj
 def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repeat, threads, timeout, out, breakdown,  # noqa: ANN001
                   project, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family,
-                  worker, size, worker_json) -> None:
+                  largest, memory, fill, worker, size, worker_json) -> None:
     """Weak and strong scaling of the fine-tuning update (each point its own mpiexec launch), or --project."""
     from repro.experiments import scaling as S
 
     if worker:
-        _worker(obj.device, family, size, batch, steps, worker_json)
+        _worker(obj.device, family, size, batch, steps, worker_json, (memory, fill) if largest else None)
         return
     con = Console(width=None if sys.stdout.isatty() else 150)  # wide tables also when piped to a file
     outdir = Path(out)
@@ -72,6 +98,9 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repe
         _project(con, outdir, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family)
         return
     device = "gpu" if obj.device == "gpu" else "cpu" if obj.device == "cpu" else "auto"
+    if largest:
+        _largest(con, outdir, ranks, family, batch, steps, threads, device, timeout, memory, fill)
+        return
     def progress(r: int, pt) -> None:  # noqa: ANN001
         again = f" (round {r + 1} of {repeat})" if repeat > 1 else ""
         con.print(f"[dim]{pt.mode}: {pt.ranks} rank(s), size x{pt.size}{again} ...[/dim]")
@@ -117,19 +146,63 @@ def _print_points(con: Console, points: list[dict]) -> None:
     con.print(t)
 
 
-def _worker(device: str, family: str, size: int, batch: int, steps: int, out: str | None) -> None:
+def _worker(device: str, family: str, size: int, batch: int, steps: int, out: str | None,
+            largest: tuple[int | None, float] | None) -> None:
     from repro.experiments import scaling as S
     from repro.experiments.run import open_session
 
     session = open_session(device, run=str(Path(out).parent) if out else ".", create=False)
-    cfg = S.sized_config(family, size, batch)
+    if largest is None:
+        cfg, fit = S.sized_config(family, size, batch), {}
+    else:
+        memory, fill = largest
+        budget = memory or S.rank_memory_bytes(session.xp, session.w)
+        base = S.base_config(family).with_train(batch=batch)
+        cfg, need = S.largest_config(base, session.w.size, batch, int(budget * fill), session.backend.is_gpu,
+                                     f"{base.name}-largest")
+        fit = {"memory_bytes": int(budget), "memory_source": "given" if memory else "measured", "fill": fill,
+               "estimate_chosen_bytes": need}
     r = S.measure(cfg, batch, steps, xp=session.xp)
     if session.w.is_root:
         r["family"] = family
+        r.update(fit)
         if out:
             S.write_json_atomic(Path(out), r)
         else:
             click.echo(json.dumps(r))
+
+
+def _largest(con: Console, outdir: Path, ranks: list[int], family: str, batch: int, steps: int, threads: int,
+             device: str, timeout: float, memory: int | None, fill: float) -> None:
+    """The largest network of the family that fits each rank count's memory, timed in its own launch."""
+    from repro.experiments import scaling as S
+    from repro.model.memory import human
+
+    extra = ("--largest", "--fill", str(fill)) + (("--memory", str(memory)) if memory else ())
+    points = []
+    for n in ranks:
+        con.print(f"[dim]largest {family} network on {n} rank(s) ...[/dim]")
+        points.append(S.launch(S.Point("largest", n, 1), family, batch, steps, threads, device, timeout, extra))
+    doc = {"family": family, "device": points[0]["device"], "device_name": points[0]["device_name"], "batch": batch,
+           "steps": steps, "threads_per_rank": threads, "when": S.now(), "host": S.host_info(), "points": points,
+           "load_average": list(os.getloadavg())}
+    S.write_json_atomic(outdir / "largest.json", doc)
+    t = Table(title=f"largest {family} network per rank count that fits, {doc['device_name']}, batch {batch}")
+    for c in ("ranks", "input", "W1 params", "memory/rank", "estimate/rank", "peak/rank", "ms/update", "images/s",
+              "GFLOP/s", "GFLOP/s/rank", "comm"):
+        t.add_column(c, justify="right")
+    for p in points:
+        n = p["parameters_W1"]
+        t.add_row(str(p["ranks"]), f"{p['input_size'][0]}x{p['input_size'][1]}",
+                  f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M",
+                  human(p["memory_bytes"]), human(p["estimate_bytes"]), human(p["peak_bytes"]),
+                  f"{p['update_s'] * 1e3:.1f}", f"{p['images_per_s']:.1f}",
+                  f"{p['gflops_per_rank'] * p['ranks']:.1f}", f"{p['gflops_per_rank']:.1f}",
+                  f"{100 * p['comm_share']:.1f}%")
+    con.print(t)
+    con.print(f"[dim]memory/rank: {points[0]['memory_source']}; the estimate may take {fill:.0%} of it "
+              "(--fill). GFLOP/s: LC GEMM work of one update over its time.[/dim]")
+    con.print(f"wrote {outdir / 'largest.json'}")
 
 
 def _project(con: Console, outdir: Path, from_json: str | None, gflops: float | None, bw: float | None,

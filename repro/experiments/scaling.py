@@ -4,6 +4,7 @@
     repro scaling-sweep --ranks 1,2,4 --mode weak --steps 5 --out results/scaling
     repro scaling-sweep --project                         # paper's 1..64 GPUs, 185M..11.2B parameters
     repro scaling-sweep --project --from results/scaling/sweep.json
+    repro --device gpu scaling-sweep --largest --family le2012 --batch 100   # the largest network 1 GPU holds
 
 Every configuration runs in its own ``mpiexec -n N python -m repro.cli scaling-sweep --worker``
 launch, one BLAS / kernel thread per rank unless ``--threads`` says otherwise, so a run never
@@ -158,6 +159,83 @@ def sized_config(family: str, m: int, batch: int | None = None) -> NetworkConfig
     return config_with_params(base, m * sum(base.parameter_counts()), grid_shape(m), f"{base.name}-x{m}", ranks=m)
 
 
+def largest_config(base: NetworkConfig, ranks: int, batch: int, budget: int, gpu: bool, name: str
+                   ) -> tuple[NetworkConfig, int]:
+    """The base's stages on the largest input (h, round(h*gx/gy), the aspect ratio of the rank grid)
+    whose estimated bytes per rank (``repro.model.memory.estimate``, the busiest rank's) fit in
+    ``budget``; returns it and that estimate. The estimate grows with h, so h is found by doubling,
+    then bisection."""
+    from repro.model.memory import estimate, human
+
+    gy, gx = grid_shape(ranks)
+
+    def make(h: int) -> NetworkConfig | None:
+        return _resized(base, h, max(1, round(h * gx / gy)), name)
+
+    def need(h: int) -> int:
+        c = make(h)
+        return 1 << 62 if c is None else max(e.total for e in estimate(c, ranks, batch, gpu=gpu))
+
+    h_cap = 1 << 16
+    lo = next((h for h in range(1, 4097) if make(h) is not None), None)
+    if lo is None or need(lo) > budget:
+        smallest = "" if lo is None else f" (the smallest, {lo}x{round(lo * gx / gy)}, needs {human(need(lo))})"
+        raise ReproError(f"{base.name}: no input size fits {human(budget)} per rank on {ranks} rank(s) with batch "
+                         f"{batch}{smallest}")
+    hi = lo * 2
+    while need(hi) <= budget:  # valid for every h above lo: layers only grow
+        lo, hi = hi, hi * 2
+        if hi > h_cap:
+            raise ReproError(f"{base.name}: still fits {human(budget)} per rank at input {lo}: budget too large")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid)
+    cfg = make(lo)
+    assert cfg is not None
+    return cfg, need(lo)
+
+
+def _mem_available() -> int:
+    """The node's available memory (MemAvailable: free plus reclaimable caches), in bytes."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def rank_memory_bytes(xp: Any, w: Any) -> int:
+    """Bytes one rank may use: its GPU's free memory, or its node's available memory, shared evenly
+    among the ranks on the same GPU or node; the smallest over ranks (collective)."""
+    import platform
+
+    if xp is not np:
+        dev = xp.cuda.Device()
+        free, key = int(dev.mem_info[0]), (platform.node(), int(dev.id))
+    else:
+        free, key = _mem_available(), (platform.node(), -1)
+    keys = w.allgather(key)
+    return int(min(w.allgather(free // keys.count(key))))
+
+
+def device_name(xp: Any) -> str:
+    """The GPU's name (CUDA device properties) or the CPU's model name."""
+    import platform
+
+    if xp is not np:
+        name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # ---- one configuration, on every rank of an mpiexec launch ------------------------------------------
 def measure(cfg: NetworkConfig, batch: int, steps: int, xp: Any = np, seed: int = 0) -> dict[str, Any]:
     """Time ``steps`` fine-tuning updates on the current world; rank 0's dict has everyone's figures."""
@@ -200,7 +278,7 @@ def measure(cfg: NetworkConfig, batch: int, steps: int, xp: Any = np, seed: int 
     return {
         "config": cfg.name, "input_size": list(cfg.input_size), "ranks": w.size, "batch": batch, "steps": steps,
         "parameters_W1": int(sum(cfg.parameter_counts())), "flops_per_update": flops,
-        "device": "gpu" if gpu else "cpu",
+        "device": "gpu" if gpu else "cpu", "device_name": device_name(xp),
         "update_s": update_s, "images_per_s": batch / update_s,
         "gflops_per_rank": flops / w.size / update_s / 1e9,
         "comm_share": max(r["comm_s"] / r["update_s"] for r in every),
@@ -216,7 +294,7 @@ def measure(cfg: NetworkConfig, batch: int, steps: int, xp: Any = np, seed: int 
 # ---- the sweep: one mpiexec launch per configuration ----------------------------------------------
 @dataclass(frozen=True)
 class Point:
-    mode: str  # "weak" or "strong"
+    mode: str  # "weak", "strong" or "largest"
     ranks: int
     size: int
 
@@ -242,14 +320,15 @@ def mpiexec() -> str:
     return found
 
 
-def launch(pt: Point, family: str, batch: int, steps: int, threads: int, device: str, timeout: float
-           ) -> dict[str, Any]:
-    """Run one configuration in its own mpiexec job and return rank 0's measurement."""
+def launch(pt: Point, family: str, batch: int, steps: int, threads: int, device: str, timeout: float,
+           extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run one configuration in its own mpiexec job and return rank 0's measurement (``extra``: more
+    worker options, e.g. ``--largest``)."""
     with tempfile.TemporaryDirectory(prefix="repro-scaling-") as d:
         out = Path(d) / "point.json"
         cmd = [mpiexec(), "-n", str(pt.ranks), sys.executable, "-m", "repro.cli", "--device", device,
                "scaling-sweep", "--worker", "--family", family, "--size", str(pt.size), "--batch", str(batch),
-               "--steps", str(steps), "--worker-json", str(out)]
+               "--steps", str(steps), "--worker-json", str(out), *extra]
         env = dict(os.environ)
         t = str(threads)
         env.update({"OMP_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "MKL_NUM_THREADS": t,
