@@ -274,7 +274,7 @@ def measure(cfg: NetworkConfig, batch: int, steps: int, xp: Any = np, seed: int 
     flops = flops_per_update(cfg, batch)
     from repro.model.memory import estimate
 
-    est = estimate(cfg, w.size, batch)
+    est = estimate(cfg, w.size, batch, gpu=gpu)
     return {
         "config": cfg.name, "input_size": list(cfg.input_size), "ranks": w.size, "batch": batch, "steps": steps,
         "parameters_W1": int(sum(cfg.parameter_counts())), "flops_per_update": flops,
