@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+import fakecupy
+
 from repro.engine.comm import abort_on_error, world
 from repro.engine.distarray import DistArray, HaloPlan, scatter_add
 from repro.engine.partition import Partition, ProcGrid
@@ -211,6 +213,7 @@ SCENARIOS = {"distarray": scenario_distarray, "distarray-gpu": scenario_distarra
 
 
 def main() -> None:
+    fakecupy.install_if_asked()
     name, out_path, *rest = sys.argv[1:]
     with abort_on_error():
         result = SCENARIOS[name](*rest)

@@ -1,29 +1,44 @@
-"""CuPy (GPU) equals NumPy (CPU): the same network, the same numbers. Skipped without a GPU."""
+"""CuPy (GPU) equals NumPy (CPU): the same network, the same numbers.
+
+Each test runs twice: on a real GPU (skipped without one), and on ``fakecupy``'s NumPy stand-in for
+CuPy, which sends every GPU branch of repro down its path on any machine (it checks the branches'
+logic and numbers, not CuPy's API or speed)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import TESTS, requires_gpu, run_mpi
+import fakecupy
+from conftest import TESTS, gpu_available, run_mpi
 from mpi_scenarios import SMALL, images
 from repro.model.config import from_dict
 from repro.model.network import Network, apply_update, compute_features, gather_tiles
 from repro.model.optim import Optimizer
 
-pytestmark = requires_gpu
+
+@pytest.fixture(params=["gpu", "stand-in"])
+def cp(request, monkeypatch):
+    """The array module of the "device": CuPy on a GPU, or the NumPy stand-in."""
+    if request.param == "gpu":
+        if not gpu_available():
+            pytest.skip("needs CuPy and a GPU")
+        import cupy
+
+        return cupy
+    monkeypatch.setitem(sys.modules, "cupy", fakecupy.make())
+    return sys.modules["cupy"]
 
 
-def _pair():
-    import cupy as cp
-
+def _pair(cp):
     cfg = from_dict(SMALL)
     return Network.create(cfg, seed=3), Network.create(cfg, seed=3, xp=cp)
 
 
-def test_forward_losses_and_gradients_match_numpy():
-    cpu, gpu = _pair()
+def test_forward_losses_and_gradients_match_numpy(cp):
+    cpu, gpu = _pair(cp)
     x = images()
     lc, gc = cpu.finetune_loss_and_grads(x)
     lg, gg = gpu.finetune_loss_and_grads(x)
@@ -34,9 +49,10 @@ def test_forward_losses_and_gradients_match_numpy():
                                rtol=2e-3, atol=2e-5)
 
 
-def test_training_steps_match_numpy():
-    cpu, gpu = _pair()
-    oc, og = Optimizer("sgd", 0.01, 0.9), Optimizer("sgd", 0.01, 0.9)
+@pytest.mark.parametrize("kind", ["sgd", "adagrad"])
+def test_training_steps_match_numpy(cp, kind):
+    cpu, gpu = _pair(cp)
+    oc, og = Optimizer(kind, 0.01, 0.9), Optimizer(kind, 0.01, 0.9)
     for step in range(3):
         x = images(seed=50 + step)
         apply_update(cpu, oc, cpu.finetune_loss_and_grads(x)[1])
@@ -46,13 +62,66 @@ def test_training_steps_match_numpy():
         np.testing.assert_allclose(b[k], a[k], rtol=2e-3, atol=2e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("device", ["gpu", "stand-in"])
 @pytest.mark.parametrize("cuda_aware", ["0", "1"])
-def test_halo_exchange_of_device_buffers(tmp_path, cuda_aware):
-    """Two ranks on the GPU(s): staged through host memory, or handed to MPI directly when asked."""
-    if cuda_aware == "1" and os.environ.get("REPRO_TEST_CUDA_AWARE") != "1":
+def test_halo_exchange_of_device_buffers(tmp_path, cuda_aware, device):
+    """Two ranks on the GPU(s): staged through host memory, or handed to MPI directly when asked
+    (the stand-in's arrays are host memory, so MPI takes them directly as a CUDA-aware MPI would)."""
+    if device == "gpu" and not gpu_available():
+        pytest.skip("needs CuPy and a GPU")
+    if device == "gpu" and cuda_aware == "1" and os.environ.get("REPRO_TEST_CUDA_AWARE") != "1":
         pytest.skip("set REPRO_TEST_CUDA_AWARE=1 on a machine whose MPI is CUDA-aware")
     out = tmp_path / "r.npz"
     run_mpi(2, [str(TESTS / "mpi_scenarios.py"), "distarray-gpu", str(out)],
-            env={"REPRO_CUDA_AWARE_MPI": cuda_aware})
+            env={"REPRO_CUDA_AWARE_MPI": cuda_aware, "REPRO_TEST_FAKE_CUPY": "1" if device == "stand-in" else "0"})
     r = np.load(out)
     assert r["fetch_ok"].all() and r["adjoint_ok"].all()
+
+
+def test_scaling_measures_on_the_device(cp):
+    """scaling-sweep's worker on the device: GPU memory rule, device name, free memory, --largest."""
+    from repro.engine.comm import world
+    from repro.experiments import scaling as S
+    from repro.model.memory import estimate
+
+    cfg = S.sized_config("cpu", 1, batch=4)
+    r = S.measure(cfg, 4, 1, xp=cp)
+    assert r["device"] == "gpu" and r["update_s"] > 0
+    assert r["estimate_bytes"] == max(e.total for e in estimate(cfg, 1, 4, gpu=True))
+    budget = S.rank_memory_bytes(cp, world())
+    assert 0 < budget <= cp.cuda.Device().mem_info[1]
+    if getattr(cp, "is_stand_in", False):
+        assert r["device_name"] == fakecupy.NAME and budget == fakecupy.FREE_BYTES
+    big, need = S.largest_config(S.base_config("mini").with_train(batch=4), 1, 4, budget // 64, True, "big")
+    assert need <= budget // 64 < max(e.total for e in estimate(
+        S._resized(big, big.input_size[0] + 1, big.input_size[1] + 1, "bigger"), 1, 4, gpu=True))
+
+
+def test_commands_run_on_the_device_as_on_the_cpu(cp, tmp_path):
+    """train, evaluate and visualize with --device gpu: the same weights and the same best neuron as
+    with --device cpu (float32 on both; the GPU sums in another order, so within a tolerance)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from repro.cli import cli
+    from repro.model.network import load_checkpoint
+
+    root = tmp_path / "data"
+    runs = {}
+    for device in ("cpu", "gpu"):
+        run = runs[device] = tmp_path / device
+        for args in (["train", "--out", run, "--root", root, "--layer-steps", 3, "--finetune-steps", 2, "--batch", 16],
+                     ["evaluate", "--concept", "faces", "--checkpoint", run, "--root", root,
+                      "--linear-filters", "64", "--one-layer-steps", "1"],
+                     ["visualize", "best-neuron", "--checkpoint", run, "--root", root, "--iters", "5"]):
+            r = CliRunner().invoke(cli, ["--device", device, *map(str, args)], catch_exceptions=False)
+            assert r.exit_code == 0, (device, args[0], r.output)
+    (a, _), (b, _) = load_checkpoint(runs["cpu"]), load_checkpoint(runs["gpu"])
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=2e-3, atol=2e-5, err_msg=k)
+    ec, eg = (json.loads((runs[d] / "evaluate-faces.json").read_text()) for d in ("cpu", "gpu"))
+    assert eg["best_neuron"]["accuracy"] == pytest.approx(ec["best_neuron"]["accuracy"], abs=0.02)
+    vc, vg = (json.loads((runs[d] / "visualize-best-neuron.json").read_text()) for d in ("cpu", "gpu"))
+    assert (runs["gpu"] / "best-neuron-stimulus.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(vg) == set(vc)
