@@ -177,6 +177,8 @@ def test_largest_runs_the_largest_fitting_network_and_writes_json(tmp_path):
     small = CliRunner().invoke(_cli(), ["--device", "cpu", "scaling-sweep", "--largest", "--family", "mini",
                                         "--ranks", "1", "--memory", "1MiB", "--out", str(out)])
     assert small.exit_code != 0 and "no input size fits" in small.output
+    errors = [ln for ln in small.output.splitlines() if "Error" in ln]
+    assert len(errors) == 1 and "Traceback" not in small.output and "mpiexec" not in errors[0]  # one line
 
 
 def _cli():

@@ -339,6 +339,9 @@ def launch(pt: Point, family: str, batch: int, steps: int, threads: int, device:
             raise ReproError(f"{pt.mode} scaling, {pt.ranks} rank(s), size {pt.size}: no result in {timeout:.0f} s")
         if proc.returncode != 0 or not out.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+            said = [ln[len("Error: "):] for ln in tail if ln.startswith("Error: ")]
+            if said:  # the worker's own one-line error (bad input): say it once
+                raise ReproError(f"{pt.mode}, {pt.ranks} rank(s): {said[-1]}")
             raise ReproError(f"{' '.join(cmd)} failed ({proc.returncode}):\n" + "\n".join(tail))
         r = json.loads(out.read_text())
     r.update({"mode": pt.mode, "size": pt.size, "threads_per_rank": threads})
