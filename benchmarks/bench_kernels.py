@@ -38,7 +38,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from repro.engine.backend import select_backend
+from repro.engine.backend import device_name, select_backend
 from repro.engine.kernels import (
     l2pool_backward,
     l2pool_forward,
@@ -174,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     threads = {v: os.environ.get(v) for v in THREAD_VARS}
     threads["kernel_threads"] = n_threads() if not backend.is_gpu else None
-    console.print(f"[bold]device[/] {backend.name}   threads: "
+    name = device_name(xp)
+    console.print(f"[bold]device[/] {backend.name} ({name})   threads: "
                   + ", ".join(f"{k}={v}" for k, v in threads.items()))
 
     results = {name: bench_shape(name, SHAPES[name], xp, sync, args.repeats, backend.is_gpu) for name in args.shapes}
 
-    table = Table(title=f"locally connected kernels, float32, {backend.name} (best of {args.repeats} round-robin)")
+    table = Table(title=f"locally connected kernels, float32, {name} (best of {args.repeats} round-robin)")
     table.add_column("shape")
     table.add_column("kernel")
     table.add_column("ms", justify="right")
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = {
         "device": backend.name,
+        "device_name": name,
+        "cupy": xp.__version__ if backend.is_gpu else None,
         "threads": threads,
         "python": sys.version.split()[0],
         "numpy": np.__version__,

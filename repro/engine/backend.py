@@ -6,7 +6,9 @@ happens only at I/O boundaries (checkpoints, reports, MPI staging when MPI is no
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -48,6 +50,20 @@ def to_numpy(a: Any) -> np.ndarray:
     if type(a).__module__.startswith("cupy"):
         return a.get()
     return np.asarray(a)
+
+
+def device_name(xp: Any) -> str:
+    """The GPU's name (CUDA device properties) or the CPU's model name."""
+    if xp is not np:
+        name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from repro import atomic
+from repro.engine.backend import device_name
 from repro.errors import ReproError
 from repro.model.config import NetworkConfig, from_dict, load_config
 from repro.model.memory import _FakeWorld, flops_per_update
@@ -218,22 +219,6 @@ def rank_memory_bytes(xp: Any, w: Any) -> int:
         free, key = _mem_available(), (platform.node(), -1)
     keys = w.allgather(key)
     return int(min(w.allgather(free // keys.count(key))))
-
-
-def device_name(xp: Any) -> str:
-    """The GPU's name (CUDA device properties) or the CPU's model name."""
-    import platform
-
-    if xp is not np:
-        name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
-        return name.decode() if isinstance(name, bytes) else str(name)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---- one configuration, on every rank of an mpiexec launch ------------------------------------------
