@@ -174,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     threads = {v: os.environ.get(v) for v in THREAD_VARS}
     threads["kernel_threads"] = n_threads() if not backend.is_gpu else None
-    name = device_name(xp)
-    console.print(f"[bold]device[/] {backend.name} ({name})   threads: "
+    dev_name = device_name(xp)
+    console.print(f"[bold]device[/] {backend.name} ({dev_name})   threads: "
                   + ", ".join(f"{k}={v}" for k, v in threads.items()))
 
     results = {name: bench_shape(name, SHAPES[name], xp, sync, args.repeats, backend.is_gpu) for name in args.shapes}
 
-    table = Table(title=f"locally connected kernels, float32, {name} (best of {args.repeats} round-robin)")
+    table = Table(title=f"locally connected kernels, float32, {dev_name} (best of {args.repeats} round-robin)")
     table.add_column("shape")
     table.add_column("kernel")
     table.add_column("ms", justify="right")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = {
         "device": backend.name,
-        "device_name": name,
+        "device_name": dev_name,
         "cupy": xp.__version__ if backend.is_gpu else None,
         "threads": threads,
         "python": sys.version.split()[0],
