@@ -58,12 +58,11 @@ def device_name(xp: Any) -> str:
         name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        lines = []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name") and ":" in ln]
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 @dataclass(frozen=True)

@@ -199,11 +199,13 @@ def largest_config(base: NetworkConfig, ranks: int, batch: int, budget: int, gpu
 def _mem_available() -> int:
     """The node's available memory (MemAvailable: free plus reclaimable caches), in bytes."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:  # not Linux: free pages only
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if fields[:1] == ["MemAvailable:"] and len(fields) > 1 and fields[1].isdigit():
+            return int(fields[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
