@@ -94,6 +94,13 @@ def _resized(cfg: NetworkConfig, h: int, w: int, name: str) -> NetworkConfig | N
         return None
 
 
+def _on_aspect(base: NetworkConfig, h: int, aspect: tuple[int, int], name: str, w: int | None = None
+               ) -> NetworkConfig | None:
+    """The base's stages on an input h rows high and, unless ``w`` is given, round(h*gx/gy) wide."""
+    gy, gx = aspect
+    return _resized(base, h, max(1, round(h * gx / gy)) if w is None else w, name)
+
+
 def busiest_rank_params(cfg: NetworkConfig, ranks: int) -> int:
     """W1 weights of the rank with the most, on the process grid ``Layout`` builds for ``ranks``: its
     share of the LC work, which sets the update time (the slowest rank's)."""
@@ -121,7 +128,7 @@ def config_with_params(base: NetworkConfig, target: float, aspect: tuple[int, in
     h0 = base.input_size[0]
 
     def make(h: int, w: int | None = None) -> NetworkConfig | None:
-        return _resized(base, h, max(1, round(h * gx / gy)) if w is None else w, name)
+        return _on_aspect(base, h, aspect, name, w)
 
     def params(h: int) -> float:
         c = make(h)
@@ -171,7 +178,7 @@ def largest_config(base: NetworkConfig, ranks: int, batch: int, budget: int, gpu
     gy, gx = grid_shape(ranks)
 
     def make(h: int) -> NetworkConfig | None:
-        return _resized(base, h, max(1, round(h * gx / gy)), name)
+        return _on_aspect(base, h, (gy, gx), name)
 
     def need(h: int) -> int:
         c = make(h)
