@@ -124,9 +124,10 @@ def bench_shape(name: str, shape: tuple[int, ...], xp: Any, sync: Callable[[], N
     # location's columns (stride-0 view: the columns stay in cache, as a gather-then-GEMM scheme
     # leaves them; only the weights stream from memory), and with both operands the first
     # location's (everything in cache: BLAS's own rate on the (F, K) @ (K, B) shape)
+    cols1 = xp.broadcast_to(cols[:1], cols.shape)
     cached = {} if backend_is_gpu else {
-        "gemms_cols_cached": gemms(Wm, xp.broadcast_to(cols[:1], cols.shape)),
-        "gemms_all_cached": gemms(xp.broadcast_to(Wm[:1], Wm.shape), xp.broadcast_to(cols[:1], cols.shape)),
+        "gemms_cols_cached": gemms(Wm, cols1),
+        "gemms_all_cached": gemms(xp.broadcast_to(Wm[:1], Wm.shape), cols1),
     }
 
     # one stage as the model runs it: the LC output y feeds pooling, pooling feeds LCN
