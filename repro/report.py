@@ -71,8 +71,9 @@ def paper_pct(x: float | None) -> str | None:
 
 def histogram_png(path: str | os.PathLike, positives: np.ndarray, negatives: np.ndarray, title: str,
                   threshold: float | None = None, labels: tuple[str, str] = ("positives", "negatives"),
-                  bins: int = 30) -> Path:
-    """Normalised histograms of two sets of activations on shared bins (Le et al., Figure 2)."""
+                  bins: int = 30, dpi: int = 150) -> Path:
+    """Normalised histograms of two sets of activations on shared bins (Le et al., Figure 2); the
+    format follows the suffix (.png, .pdf, .svg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,14 +85,23 @@ def histogram_png(path: str | os.PathLike, positives: np.ndarray, negatives: np.
     if hi <= lo:
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=dpi)
     ax.hist(neg, bins=edges, density=True, alpha=0.6, color="tab:blue", label=f"{labels[1]} ({len(neg)})")
     ax.hist(pos, bins=edges, density=True, alpha=0.6, color="tab:red", label=f"{labels[0]} ({len(pos)})")
     if threshold is not None:
-        ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label="threshold")
-    ax.set_xlabel("activation")
-    ax.set_ylabel("frequency (normalised)")
+        ax.axvline(threshold, color="k", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("activation", fontsize=11)
+    ax.set_ylabel("frequency (normalised)", fontsize=11)
+    ax.tick_params(labelsize=10)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     fig.tight_layout()
-    return atomic.save_figure(fig, path, format="png")
+    return atomic.save_figure(fig, path, format=figure_format(path), dpi=dpi)
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """png, pdf or svg, from the file name (what ``--format`` lets every figure be written as)."""
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in ("png", "pdf", "svg"):
+        raise ValueError(f"{path}: figures are .png, .pdf or .svg")
+    return fmt

@@ -16,9 +16,10 @@ from rich.console import Console
 @click.option("--concept", type=click.Choice(["bodies", "cats", "faces"]), default="faces", show_default=True,
               help="Which concept both runs are evaluated on.")
 @click.option("--data", default=None, help="The baseline's training data (manifest name or store folder); "
-              "default: its config's data.")
+              "default: what the run recorded (RUN/data.json).")
 @click.option("--test-data", multiple=True, help="Test store(s) instead of the concept's (as `repro evaluate --data`).")
-@click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder.")
+@click.option("--split", default="test", show_default=True, help="Labeled split of the test stores (as `repro evaluate --split`).")
+@click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder ($REPRO_DATA).")
 @click.option("--layer", type=click.IntRange(0), default=None, help="Stage whose neurons compete (default: the top).")
 @click.option("--sublayer", type=click.Choice(["filter", "pool", "lcn"]), default="pool", show_default=True)
 @click.option("--max-steps", type=click.IntRange(1), default=None,
@@ -29,15 +30,14 @@ from rich.console import Console
               help="Steps of the evaluation's one-layer baseline (default: the run's train.layer_steps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Evaluation seed (as `repro evaluate --seed`).")
 @click.pass_obj
-def control(obj, run, concept, data, test_data, root, layer, sublayer, max_steps, linear_filters,  # noqa: ANN001
+def control(obj, run, concept, data, test_data, split, root, layer, sublayer, max_steps, linear_filters,  # noqa: ANN001
             one_layer_steps, seed) -> None:
     """Le et al.'s control: remove frames with faces (OpenCV) from the training data, retrain, compare."""
-    from repro.commands.evaluate import open_test_set, test_set_names
-    from repro.commands.train import open_training_data
     from repro.errors import ReproError
     from repro.experiments.control import baseline_config, control as run_control
     from repro.experiments.evaluate import EvalOptions
-    from repro.experiments.run import open_session
+    from repro.experiments.run import (open_session, open_test_set, recorded_training_data, test_set_names,
+                                       training_store)
     from repro.model import checkpoint as ck
 
     console = Console(stderr=True)
@@ -48,10 +48,10 @@ def control(obj, run, concept, data, test_data, root, layer, sublayer, max_steps
     stage = len(cfg.stages) - 1 if layer is None else layer
     if stage >= len(cfg.stages):
         raise ReproError(f"--layer {stage}: config {cfg.name!r} has stages 0..{len(cfg.stages) - 1}")
-    ts = open_test_set(session, test_set_names(concept, cfg.data, test_data), root)
+    ts = open_test_set(session, test_set_names(concept, cfg.data, test_data), root, split, console)
     ts.check(cfg)
-    name = data or cfg.data
-    store = open_training_data(session, name, root, console)
+    name = data or recorded_training_data(session.run) or cfg.data
+    store = training_store(session, name, root, console)
     opt = EvalOptions(concept=concept, stage=stage, sublayer=sublayer, seed=seed, linear_filters=linear_filters,
                       one_layer_steps=one_layer_steps)
     r = run_control(session, cfg, store, store.name or Path(str(name)).name, ts, opt, root, max_steps=max_steps,

@@ -4,20 +4,8 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from repro.experiments.run import open_session
+from repro.experiments.run import open_session, training_store
 from repro.experiments.train import resolve_config, train as run_training
-
-
-def open_training_data(session, name: str, root: str, console: Console):  # noqa: ANN001, ANN201
-    """The training store; the built-in ``mini`` is prepared on first use (rank 0), others must exist."""
-    from repro.data.builtin import ensure_mini
-    from repro.data.prepare import require_store
-
-    if name == "mini":
-        if session.w.is_root:
-            ensure_mini(root, console=console)
-        session.w.barrier()
-    return require_store(name, "train", root)
 
 
 @click.command("train")
@@ -46,7 +34,7 @@ def train(obj, config_name, data, root, out, resume, max_steps, layer_steps, fin
     cfg = resolve_config(session, config_name, resume, {
         "layer_steps": layer_steps, "finetune_steps": finetune_steps, "batch": batch, "lr": lr,
         "optimizer": optimizer, "seed": seed, "checkpoint_every": checkpoint_every})
-    store = open_training_data(session, data or cfg.data, root, console)
+    store = training_store(session, data or cfg.data, root, console)
     summary = run_training(session, cfg, store, resume=resume, max_steps=max_steps, console=console,
                            keep=keep)
     if session.w.is_root:

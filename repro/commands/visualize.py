@@ -17,8 +17,7 @@ def open_run(device: str, checkpoint: str, config_name: str | None) -> tuple[Any
 
     With ``--config`` the checkpoint must have been written by that config (else one line).
     """
-    from repro.commands.evaluate import run_folder
-    from repro.experiments.run import open_session
+    from repro.experiments.run import open_session, run_folder
     from repro.model import checkpoint as ck
     from repro.model.config import load_config
     from repro.model.network import load_checkpoint
@@ -39,7 +38,7 @@ def open_test_set(session: Any, cfg: Any, concept: str, data: tuple[str, ...], r
     (``mini`` for a run trained on ``mini``). A store that is not prepared fails with one line naming
     the ``repro data prepare`` command; empty, one-class and wrong-size test sets fail with one line.
     """
-    from repro.commands.evaluate import open_test_set as open_ts, test_set_names
+    from repro.experiments.run import open_test_set as open_ts, test_set_names
 
     names = list(_evaluated_test_set(session.run, concept) or []) if not data else []
     if not names:

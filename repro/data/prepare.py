@@ -238,7 +238,7 @@ def inputs_digest(items: list[Item]) -> str:
 
 def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, split: str,
                   skip_bad: bool = False, workers: int | None = None, console: Console | None = None,
-                  base: Path | None = None) -> tuple[Path, dict[str, Any]]:
+                  base: Path | None = None, extra_info: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Decode ``items`` into the store ``out``; returns the path and a summary dict."""
     console = console or Console(stderr=True)
     if not items:
@@ -304,7 +304,7 @@ def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, 
         raise ReproError(f"{m.path or m.name}: split '{split}': no image could be decoded")
     info = {"skipped": skipped, "skipped_files": skipped_files, "reused_shards": reused,
             "seconds": round(time.perf_counter() - t0, 3)}
-    writer.finish(shape, counts, m.name, split, params, info)
+    writer.finish(shape, counts, m.name, split, params, {**info, **(extra_info or {})})
     return out, {"split": split, "count": count, **info}
 
 
@@ -315,7 +315,7 @@ def prepare(m: Manifest, root: Path, from_path: Path | None = None, skip_bad: bo
     if m.kind == "builtin":
         from repro.data import builtin
 
-        return builtin.prepare_builtin(m, root, force=force, seed=seed, console=console)
+        return builtin.prepare_builtin(m, root, force=force, seed=seed, console=console, from_dir=from_path)
     spec = m.prepare if seed is None else PrepareSpec(**{**m.prepare.__dict__, "seed": seed})
     base = source_base(m, root, from_path)
     out_dir = prepared_dir(root, m.name)

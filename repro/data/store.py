@@ -198,6 +198,26 @@ class Store:
     def split(self) -> str:
         return str(self.index.get("split", ""))
 
+    def fingerprint(self) -> str:
+        """An identity of the store's content, cheap at any size: its index (without build timings)
+        and the pixel hash of each shard's first image. Runs record it; caches built from a store
+        (a baseline trained on it) are reused only while it matches."""
+        h = hashlib.sha256()
+        ident = {k: v for k, v in self.index.items() if k not in ("info", "records")}
+        h.update(json.dumps(ident, sort_keys=True, default=str).encode())
+        for s, meta in enumerate(self.shards):
+            if self.version == 1 or int(meta["count"]) == 0:
+                first = self.records[int(self._starts[s])]["sha256"] if int(meta["count"]) else ""
+            else:
+                p = self.path / meta.get("records", records_name(s))
+                try:
+                    with open(p, encoding="utf-8") as fh:
+                        first = json.loads(fh.readline()).get("sha256", "")
+                except (OSError, ValueError) as e:
+                    raise ReproError(f"{p}: unreadable record sidecar ({e.__class__.__name__})") from None
+            h.update(str(first).encode())
+        return h.hexdigest()
+
     def shard(self, i: int) -> np.ndarray:
         """Memory-map shard ``i`` (cached); never unpickles."""
         m = self._maps.get(i)

@@ -1,51 +1,41 @@
-"""The best-neuron test of Le et al. (2012), its Table 1 baselines, and a held-out variant.
+"""The best-neuron test of Le et al. (2012) on a network, its Table 1 baselines, and what to trust.
 
-Protocol (Le et al., section 4.2; what we report as ``best_neuron.accuracy``):
-    For every neuron j, with activations a_j (N,) on the labeled test set: 20 thresholds
-    ``linspace(min a_j, max a_j, 20)``; predict "positive" when ``a_j >= t``; keep the best accuracy
-    over the 20 thresholds. The best neuron is the argmax over neurons. Ties: the lowest threshold,
-    then the lowest neuron index. Only this polarity is tried (the paper's rule: a concept neuron
-    fires *more* on the concept); a neuron that fires less on faces does not count.
+Protocol (Le et al., section 4.2; :mod:`repro.experiments.scoring`): for every neuron 20 thresholds
+between its min and max activation on the test set, "positive" when the activation reaches the
+threshold, its best accuracy; the best neuron is the best of all (``best_neuron.accuracy``). The
+paper chooses neuron and threshold on the test set itself, which flatters every row alike; so we
+also report
 
-"Neurons" are the L2 pooling units of a stage by default (``sublayer="pool"``): those are the
-outputs Le et al. histogram and threshold; ``filter`` (linear responses) and ``lcn`` can be asked for.
-Neuron j is the flat index of (map, row, col) of that sublayer's grid, as
-:func:`repro.model.network.compute_features` defines it.
+* **held out**: neuron and threshold chosen on one stratified half, accuracy and AUC measured on
+  the other, both ways, the mean (``held_out``);
+* **AUC** of every chosen neuron or filter (``best_neuron.auc``, ``baselines.<name>.auc``):
+  threshold-free, so comparable across test sets with other class ratios;
+* **transfer** (``--neuron-from``): a neuron and threshold chosen on one test set, applied unchanged
+  to another (``transfer``): what a detector built from this network would really score.
 
-Baselines (Table 1), all on the same test set with the same 20-threshold rule:
-    guessing         the fraction of the majority class (always say "no").
-    random_network   the same config with random weights (``Network.create(cfg, seed)``), same sublayer.
-    linear_filter    the best of K linear filters. Filter k is a ``f x f`` patch (``f`` = the first
-                     stage's receptive field, all input channels) cut at a random position (y_k, x_k)
-                     of a random *training* image (pixels in [0, 1]), made zero-mean and unit-norm.
-                     Its response on a test image is the dot product with the test image, standardised
-                     as the network standardises its input (per image zero mean, unit std), at the same
-                     position (y_k, x_k). Positions, images and filters come from ``seed`` alone.
-                     Le et al. sample 100,000; we default to fewer (the command's ``--linear-filters``).
-    one_layer        the pooling units of a one-stage network (the config's first stage) trained
-                     greedily with the same settings on the same training data.
+"Neurons" are the L2 pooling units of a stage by default (``sublayer="pool"``); ``filter``
+(linear responses) and ``lcn`` can be asked for. Neuron j is the flat index of (map, row, col) of
+that sublayer's grid, as :func:`repro.model.network.compute_features` defines it.
 
-Held-out: the paper chooses neuron and threshold on the test set itself, so its numbers are
-optimistic. We also split the test set into two halves (a seeded permutation within each class),
-choose neuron + threshold on one half, measure on the other, both ways; ``held_out.accuracy`` is the
-mean of the two directions.
+Baselines (:mod:`repro.experiments.baselines`), all on the same test set with the same rule:
+guessing (the majority class), the same config with random weights (its best neuron, same
+sublayer), the best of K linear filters in both readings of the paper (receptive-field patches at
+their position; whole training images), and the pooling units of a one-stage network trained the
+same way on the run's own training data.
 
 Distributed: model parallelism holds for evaluation too. Each rank keeps only its own tile's
-neurons (:func:`rank_features`: an (N, J_local) matrix and the neurons' global flat indices, from
-:func:`repro.model.network.local_features`) and scores them with :func:`threshold_scores`; the
-ranks then agree on the best neuron (:func:`distributed_best`: the highest correct count, ties to
-the lowest *global* index, exactly the serial rule). Held out: the neuron and threshold are chosen
-on half A across ranks, the owner measures them on half B and broadcasts the accuracy. The
-histogram's column is sent from its owner to rank 0. Per-neuron numbers do not depend on which
-other columns a rank holds, so every rank count gives the serial answer bit for bit. Memory per
-rank: about ``N * J / P * 4`` bytes of features (plus the same again, briefly, while scoring).
-The linear filters are split over ranks in fixed chunks of global filter indices (so every filter
-is computed the same way on any rank count) and gathered.
+neurons (:func:`rank_features`: an (N, J_local) matrix and the neurons' global flat indices) and
+scores them; the ranks then agree on the best neuron (:func:`distributed_best`: the highest correct
+count, ties to the lowest *global* index, exactly the serial rule). Held out: the neuron and
+threshold are chosen on half A across ranks, the owner measures them on half B and broadcasts. The
+best column is sent from its owner to rank 0 (histogram, AUC). Per-neuron numbers do not depend on
+which other columns a rank holds, so every rank count gives the serial answer bit for bit.
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -54,143 +44,17 @@ import numpy as np
 from repro import atomic
 from repro.engine.comm import World
 from repro.errors import ReproError
+from repro.experiments.baselines import (FILTER_CHUNK, READINGS, LinearFilters, as_float,  # noqa: F401 (re-exported)
+                                         filter_responses, image_responses, linear_filter_baseline,
+                                         one_layer_config, one_layer_network, sample_patches)
+from repro.experiments.scoring import (N_THRESHOLDS, Scores, accuracy_at, auc, balanced_subsample,  # noqa: F401
+                                       best_neuron, guessing, held_out, held_out_split, stratified_halves,
+                                       threshold_scores, thresholds)
 from repro.model.config import NetworkConfig
-from repro.model.network import Network, compute_features, local_features, standardize
+from repro.model.network import Network, compute_features, local_features, neuron_features
 
-N_THRESHOLDS = 20
 SUBLAYERS = ("filter", "pool", "lcn")
-FILTER_CHUNK = 256  # linear filters per unit of work (global, so any rank count computes alike)
-
-
-# ---------------------------------------------------------------------------------------------
-# The protocol: pure functions on a feature matrix F (N images, J neurons) and labels y (N,) bool
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Scores:
-    """Per neuron: correct count and accuracy at its best threshold, that threshold, min and max."""
-
-    correct: np.ndarray  # (J,) int64
-    accuracy: np.ndarray  # (J,) float64
-    threshold: np.ndarray  # (J,) float64
-    lo: np.ndarray  # (J,) min activation
-    hi: np.ndarray  # (J,) max activation
-
-    def best(self) -> dict[str, Any]:
-        j = int(np.argmax(self.correct))  # first maximum: lowest index wins ties
-        return {"index": j, "accuracy": float(self.accuracy[j]), "threshold": float(self.threshold[j]),
-                "min": float(self.lo[j]), "max": float(self.hi[j])}
-
-    @staticmethod
-    def concat(parts: Sequence["Scores"]) -> "Scores":
-        return Scores(*(np.concatenate([getattr(p, f) for p in parts])
-                        for f in ("correct", "accuracy", "threshold", "lo", "hi")))
-
-
-def thresholds(F: np.ndarray, n: int = N_THRESHOLDS) -> np.ndarray:
-    """(n, J) float64: ``linspace(min_j, max_j, n)`` per column (the last one is exactly the max)."""
-    F = np.asarray(F)
-    return np.linspace(F.min(axis=0).astype(np.float64), F.max(axis=0).astype(np.float64), n, axis=0)
-
-
-def threshold_scores(F: np.ndarray, y: np.ndarray, n: int = N_THRESHOLDS, max_bytes: int = 32 << 20) -> Scores:
-    """Every neuron's best accuracy under the rule ``a >= t`` -> positive, over its n thresholds.
-
-    Vectorised over (images, thresholds, neurons) in column chunks of at most ``max_bytes`` of
-    booleans. Counts are integers, so ties are exact and the argmax does not depend on round-off
-    of the accuracies themselves.
-    """
-    F = np.asarray(F)
-    y = np.asarray(y, dtype=bool)
-    N, J = F.shape
-    if N == 0 or J == 0:
-        raise ValueError("threshold_scores needs at least one image and one neuron")
-    T = thresholds(F, n)  # (n, J)
-    pos, neg = F[y], F[~y]
-    n_neg = len(neg)
-    step = max(1, int(max_bytes // max(1, N * n)))
-    correct = np.empty(J, np.int64)
-    best_t = np.empty(J, np.float64)
-    for c0 in range(0, J, step):
-        c = slice(c0, min(J, c0 + step))
-        tp = (pos[:, None, c] >= T[None, :, c]).sum(axis=0)  # (n, Jc) positives called positive
-        fp = (neg[:, None, c] >= T[None, :, c]).sum(axis=0)  # (n, Jc) negatives called positive
-        ok = tp + (n_neg - fp)  # (n, Jc) correct decisions per threshold
-        k = np.argmax(ok, axis=0)  # lowest threshold among the best
-        cols = np.arange(ok.shape[1])
-        correct[c] = ok[k, cols]
-        best_t[c] = T[k, np.arange(c.start, c.stop)]
-    return Scores(correct, correct / N, best_t, T[0].copy(), T[-1].copy())
-
-
-def best_neuron(F: np.ndarray, y: np.ndarray, n: int = N_THRESHOLDS) -> dict[str, Any]:
-    """The protocol's answer: ``{"index", "accuracy", "threshold", "min", "max"}``."""
-    return threshold_scores(F, y, n).best()
-
-
-def accuracy_at(a: np.ndarray, y: np.ndarray, t: float) -> float:
-    """Accuracy of the rule ``a >= t`` -> positive."""
-    a, y = np.asarray(a), np.asarray(y, dtype=bool)
-    return float(np.mean((a >= t) == y))
-
-
-def guessing(y: np.ndarray) -> float:
-    """Always answer the majority class (the paper's "always say no face")."""
-    y = np.asarray(y, dtype=bool)
-    return float(max(y.mean(), 1.0 - y.mean()))
-
-
-def stratified_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint sorted index sets, each holding half of every class (the odd one goes to A)."""
-    y = np.asarray(y, dtype=bool)
-    a, b = [], []
-    for cls in (False, True):
-        idx = np.nonzero(y == cls)[0]
-        perm = idx[np.random.default_rng([seed, int(cls)]).permutation(len(idx))]
-        h = (len(idx) + 1) // 2
-        a.append(perm[:h])
-        b.append(perm[h:])
-    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
-
-
-def _held_out(y: np.ndarray, seed: int, choose: Callable[[np.ndarray], tuple[dict[str, Any], Callable]]
-              ) -> dict[str, Any]:
-    """The held-out split, both ways. ``choose(sel)`` picks neuron and threshold on images ``sel`` and
-    returns (its best_neuron dict, ``measure(ev) -> accuracy`` on other images)."""
-    y = np.asarray(y, dtype=bool)
-    A, B = stratified_halves(y, seed)
-    out: dict[str, Any] = {"seed": seed, "halves": [int(len(A)), int(len(B))]}
-    accs = []
-    for name, sel, ev in (("a_to_b", A, B), ("b_to_a", B, A)):
-        if len(np.unique(y[sel])) < 2 or len(ev) == 0:
-            raise ReproError("held-out split: a half of the test set lacks positives or negatives "
-                             "(the test set is too small)")
-        b, measure = choose(sel)
-        acc = measure(ev)
-        out[name] = {"index": b["index"], "threshold": b["threshold"], "selection_accuracy": b["accuracy"],
-                     "accuracy": acc}
-        accs.append(acc)
-    out["accuracy"] = float(np.mean(accs))
-    return out
-
-
-def held_out(F: np.ndarray, y: np.ndarray, seed: int, n: int = N_THRESHOLDS) -> dict[str, Any]:
-    """Choose neuron and threshold on one half, measure on the other; both ways; the mean."""
-    y = np.asarray(y, dtype=bool)
-
-    def choose(sel: np.ndarray) -> tuple[dict[str, Any], Callable]:
-        b = best_neuron(F[sel], y[sel], n)
-        return b, lambda ev: accuracy_at(F[ev, b["index"]], y[ev], b["threshold"])
-
-    return _held_out(y, seed, choose)
-
-
-def balanced_subsample(y: np.ndarray, seed: int) -> np.ndarray:
-    """Sorted indices of a 1:1 subsample (all of the smaller class, as many drawn from the larger)."""
-    y = np.asarray(y, dtype=bool)
-    pos, neg = np.nonzero(y)[0], np.nonzero(~y)[0]
-    m = min(len(pos), len(neg))
-    rng = np.random.default_rng([seed, 2])
-    return np.sort(np.concatenate([rng.permutation(pos)[:m], rng.permutation(neg)[:m]]))
+FORMATS = ("png", "pdf", "svg")
 
 
 def unit_of(cfg: NetworkConfig, stage: int, sublayer: str, index: int) -> list[int]:
@@ -202,13 +66,6 @@ def unit_of(cfg: NetworkConfig, stage: int, sublayer: str, index: int) -> list[i
 # ---------------------------------------------------------------------------------------------
 # Test sets and features
 # ---------------------------------------------------------------------------------------------
-def as_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W[, C]) -> float32 (B, C, H, W) in [0, 1] (as training reads them)."""
-    from repro.data.loader import to_float
-
-    return to_float(images)
-
-
 @dataclass
 class TestSet:
     """The labeled images (label 0 or 1) of one or more stores, seen as one set, in store order."""
@@ -219,22 +76,26 @@ class TestSet:
     local: np.ndarray  # (N,) index inside that store
     y: np.ndarray  # (N,) bool, True = positive
     unlabeled: int = 0  # images with label -1, left out
+    split: str = "test"
 
     @classmethod
-    def of(cls, names: Sequence[str], stores: Sequence[Any]) -> "TestSet":
+    def of(cls, names: Sequence[str], stores: Sequence[Any], split: str = "test") -> "TestSet":
         which, local, y, unl = [], [], [], 0
         shapes = {tuple(s.shape) for s in stores}
         if len(shapes) > 1:
             raise ReproError(f"test stores {', '.join(names)} have different image shapes {sorted(shapes)}")
         for k, s in enumerate(stores):
             lab = np.asarray(s.labels)
+            if len(lab) and int(lab.max()) > 1:
+                raise ReproError(f"{s.path}: labels go up to {int(lab.max())} (a multi-class store); the test "
+                                 "needs one positive class: import it with `repro data import ... --positive CLASS`")
             keep = np.nonzero((lab == 0) | (lab == 1))[0]
             unl += int(len(lab) - len(keep))
             which.append(np.full(len(keep), k, np.int64))
             local.append(keep)
             y.append(lab[keep] == 1)
         return cls(list(names), list(stores), np.concatenate(which), np.concatenate(local),
-                   np.concatenate(y).astype(bool), unl)
+                   np.concatenate(y).astype(bool), unl, split)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -252,6 +113,24 @@ class TestSet:
             if len(sel):
                 out[sel] = s.images(self.local[idx[sel]])
         return as_float(out)
+
+    def face_like(self) -> np.ndarray | None:
+        """(N,) bool: distractors flagged face-like (animal faces, drawings, masks) in their records;
+        None when no store flags any (or a store is too large to read its records for this)."""
+        flags = []
+        for k, s in enumerate(self.stores):
+            if len(s) > 200_000:
+                return None
+            recs = s.records
+            flags.append(np.asarray([bool(recs[int(i)].get("face_like", False)) for i in self.local[self.which == k]]))
+        f = np.concatenate(flags) if flags else np.zeros(0, bool)
+        return f if f.any() else None
+
+    def describe(self) -> dict[str, Any]:
+        """What the reports say about the test set actually used."""
+        return {"stores": [str(s.path) for s in self.stores], "names": list(self.names), "split": self.split,
+                "images": len(self), "positives": int(self.y.sum()), "negatives": int((~self.y).sum()),
+                "unlabeled_left_out": self.unlabeled, "shape": list(self.shape)}
 
     def check(self, cfg: NetworkConfig) -> None:
         """One-line errors for a test set we cannot evaluate on."""
@@ -339,12 +218,12 @@ def distributed_held_out(w: World, F: np.ndarray, index: np.ndarray, y: np.ndarr
     def choose(sel: np.ndarray) -> tuple[dict[str, Any], Callable]:
         b, owner, k = distributed_best(w, F[sel], index, y[sel], n)
 
-        def measure(ev: np.ndarray) -> float:
-            acc = accuracy_at(F[ev, k], y[ev], b["threshold"]) if w.rank == owner else None
-            return w.bcast(acc, root=owner)
+        def measure(ev: np.ndarray) -> tuple[float, float]:
+            got = (accuracy_at(F[ev, k], y[ev], b["threshold"]), auc(F[ev, k], y[ev])) if w.rank == owner else None
+            return w.bcast(got, root=owner)
         return b, measure
 
-    return _held_out(y, seed, choose)
+    return held_out_split(y, seed, choose)
 
 
 def column_to_root(w: World, F: np.ndarray, owner: int, column: int) -> np.ndarray | None:
@@ -357,113 +236,56 @@ def column_to_root(w: World, F: np.ndarray, owner: int, column: int) -> np.ndarr
     return w.comm.recv(source=owner, tag=7301) if w.is_root else None
 
 
-# ---------------------------------------------------------------------------------------------
-# Linear filter baseline
-# ---------------------------------------------------------------------------------------------
-def sample_patches(store: Any, k: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """K standardised patches (K, C, f, f) float32 and their positions (K, 2) [row, col].
-
-    Image, row and column of every patch come from one seeded generator; each patch is made zero
-    mean and unit L2 norm (a flat patch stays all zero: it scores the guessing rate, never more).
-    """
-    H, W = store.shape[:2]
-    if size > min(H, W):
-        raise ReproError(f"linear filters of {size}x{size} do not fit {H}x{W} training images")
-    rng = np.random.default_rng([seed, 1])
-    img = rng.integers(0, len(store), size=k)
-    pos = np.stack([rng.integers(0, H - size + 1, size=k), rng.integers(0, W - size + 1, size=k)], axis=1)
-    uniq, inv = np.unique(img, return_inverse=True)
-    C = store.shape[2] if len(store.shape) == 3 else 1
-    out = np.empty((k, C, size, size), np.float32)
-    for lo in range(0, len(uniq), 1024):  # read each needed image once, in chunks
-        x = as_float(store.images(uniq[lo:lo + 1024]))
-        for j in np.nonzero((inv >= lo) & (inv < lo + 1024))[0]:
-            r, c = pos[j]
-            out[j] = x[inv[j] - lo, :, r:r + size, c:c + size]
-    out -= out.mean(axis=(1, 2, 3), keepdims=True)
-    norm = np.sqrt((out.astype(np.float64) ** 2).sum(axis=(1, 2, 3), keepdims=True))
-    out /= np.maximum(norm, 1e-8).astype(np.float32)
-    return out, pos
 
 
-def filter_responses(x_std: np.ndarray, patches: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """(B, K) dot products of each standardised image with each filter at the filter's position."""
-    f = patches.shape[-1]
-    win = np.lib.stride_tricks.sliding_window_view(x_std, (f, f), axis=(2, 3))  # (B, C, H-f+1, W-f+1, f, f)
-    w = win[:, :, pos[:, 0], pos[:, 1]]  # (B, C, K, f, f) (a copy: fancy indexing)
-    return np.einsum("bckij,kcij->bk", w, patches, optimize=True).astype(np.float32)
-
-
-def linear_filter_baseline(ts: TestSet, patches: np.ndarray, pos: np.ndarray, w: World, batch: int = 256,
-                           n: int = N_THRESHOLDS, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Best filter under the protocol; filter chunks are shared out over ranks and gathered."""
-    K = len(patches)
-    chunks = list(range(0, K, FILTER_CHUNK))
-    mine: dict[int, Scores] = {}
-    xs = None
-    if len(ts) * int(np.prod(ts.shape)) * 4 <= (512 << 20):  # small test sets: standardise once
-        xs = [standardize(ts.images(range(lo, min(len(ts), lo + batch)))) for lo in range(0, len(ts), batch)]
-    for ci, c0 in enumerate(chunks):
-        if ci % w.size != w.rank:
-            continue
-        sl = slice(c0, min(K, c0 + FILTER_CHUNK))
-        resp = []
-        for bi, lo in enumerate(range(0, len(ts), batch)):
-            x = xs[bi] if xs is not None else standardize(ts.images(range(lo, min(len(ts), lo + batch))))
-            resp.append(filter_responses(x, patches[sl], pos[sl]))
-        mine[ci] = threshold_scores(np.concatenate(resp), ts.y, n)
-        if progress is not None:
-            progress(sl.stop - sl.start)
-    allp: dict[int, Scores] = {}
-    for d in w.allgather(mine):
-        allp.update(d)
-    scores = Scores.concat([allp[ci] for ci in range(len(chunks))])
-    best = scores.best()
-    best.update({"filters": K, "size": int(patches.shape[-1]), "position": [int(v) for v in pos[best["index"]]]})
-    return best
+def column_auc(w: World, F: np.ndarray, owner: int, column: int, y: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """AUC of one neuron's column (the same on every rank) and the column itself on rank 0."""
+    col = column_to_root(w, F, owner, column)
+    return w.bcast(auc(col, y) if w.is_root else None), col
 
 
 # ---------------------------------------------------------------------------------------------
-# One-layer network baseline
+# Transfer: a neuron and threshold chosen elsewhere
 # ---------------------------------------------------------------------------------------------
-def one_layer_config(cfg: NetworkConfig, steps: int) -> NetworkConfig:
-    """The config's first stage alone, trained greedily for ``steps`` steps, no fine-tuning."""
-    return replace(cfg, name=f"{cfg.name}-one-layer", stages=cfg.stages[:1],
-                   train=replace(cfg.train, layer_steps=steps, finetune_steps=0))
+def read_neuron(source: str | Path, concept: str, cfg: NetworkConfig) -> dict[str, Any]:
+    """``best_neuron`` (layer, sublayer, index, threshold) of an evaluation JSON or a run folder's
+    ``evaluate-<concept>.json``, checked against this network's shapes (one line otherwise)."""
+    p = Path(source)
+    path = p / f"evaluate-{concept}.json" if p.is_dir() else p
+    try:
+        ev = json.loads(path.read_text())
+        b = ev["best_neuron"]
+        n = {"layer": int(b["layer"]), "sublayer": str(b["sublayer"]), "index": int(b["index"]),
+             "threshold": float(b["threshold"])}
+    except FileNotFoundError:
+        raise ReproError(f"{path}: no such evaluation (run `repro evaluate` there first)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReproError(f"{path}: not a repro evaluation ({e.__class__.__name__}: {e})") from None
+    made = ev.get("config", {})
+    mine = json.loads(json.dumps(cfg.to_dict()))
+    if not isinstance(made, dict) or (made.get("stages"), made.get("input_size"), made.get("channels")) != (
+            mine["stages"], mine["input_size"], mine["channels"]):
+        raise ReproError(f"{path}: its neuron belongs to a network of another shape (config "
+                         f"{made.get('name') if isinstance(made, dict) else '?'!r}, this one {cfg.name!r})")
+    if n["sublayer"] not in SUBLAYERS or not 0 <= n["layer"] < len(cfg.stages):
+        raise ReproError(f"{path}: best_neuron layer/sublayer {n['layer']}/{n['sublayer']} do not exist here")
+    h, wd = cfg.stage_shapes()[n["layer"]][n["sublayer"]]
+    if not 0 <= n["index"] < cfg.stages[n["layer"]].maps * h * wd:
+        raise ReproError(f"{path}: best_neuron index {n['index']} is outside its sublayer")
+    n["source"] = str(path)
+    n["chosen_on"] = ev.get("test_set", {})
+    return n
 
 
-def one_layer_network(session: Any, cfg1: NetworkConfig, store: Any, console: Any = None) -> tuple[Network, bool]:
-    """Train (or reuse) the one-stage network in ``RUN/one-layer``; returns it and whether it was reused."""
-    import json
-
-    from repro.experiments.run import Session
-    from repro.experiments.train import train
-    from repro.model.network import load_checkpoint
-
-    run = session.run / "one-layer"
-    if session.w.is_root:
-        run.mkdir(parents=True, exist_ok=True)
-    session.w.barrier()
-    sub = Session(session.w, session.backend, run)
-    reused = False
-    if session.w.is_root:
-        try:
-            done = json.loads((run / "train.json").read_text()).get("finished") is True
-            same = json.loads((run / "config.json").read_text()) == json.loads(json.dumps(cfg1.to_dict()))
-            reused = done and same and (run / "checkpoints" / "latest.json").exists()
-        except (OSError, ValueError):
-            reused = False
-    reused = session.w.bcast(reused)
-    if not reused:
-        if session.w.is_root and (run / "checkpoints").exists():
-            import shutil
-
-            shutil.rmtree(run / "checkpoints")  # another config's or an unfinished run: start over
-            (run / "train-log.jsonl").unlink(missing_ok=True)
-        session.w.barrier()
-        train(sub, cfg1, store, console=console, keep=1)
-    net, _ = load_checkpoint(run / "checkpoints", cfg1, session.xp, session.w)
-    return net, reused
+def transfer_score(net: Network, ts: TestSet, neuron: dict[str, Any], batch: int = 256) -> dict[str, Any]:
+    """Accuracy of the neuron at its own threshold, and its AUC, on this test set (collective)."""
+    acts = np.concatenate([neuron_features(net, ts.images(range(lo, min(len(ts), lo + batch))), neuron["layer"],
+                                           neuron["sublayer"], neuron["index"], batch)
+                           for lo in range(0, len(ts), batch)])
+    return {"neuron": {k: neuron[k] for k in ("layer", "sublayer", "index")},
+            "unit": unit_of(net.cfg, neuron["layer"], neuron["sublayer"], neuron["index"]),
+            "threshold": neuron["threshold"], "accuracy": accuracy_at(acts, ts.y, neuron["threshold"]),
+            "auc": auc(acts, ts.y), "source": neuron["source"], "chosen_on": neuron["chosen_on"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,13 +299,26 @@ class EvalOptions:
     seed: int = 0
     batch: int = 256
     linear_filters: int = 10000
+    linear_readings: tuple[str, ...] = READINGS
     one_layer_steps: int | None = None  # None: the run's train.layer_steps
     histogram_bins: int = 30
+    neuron_from: str | None = None  # an evaluation JSON or run folder whose best neuron is applied here
+    dpi: int = 150
+    formats: tuple[str, ...] = ("png",)
+
+
+def _false_alarms(acts: np.ndarray | None, y: np.ndarray, flags: np.ndarray | None, t: float) -> dict[str, Any] | None:
+    """How the chosen neuron treats the flagged face-like distractors (None without flags)."""
+    if flags is None or acts is None:
+        return None
+    sel = flags & ~y
+    return {"count": int(sel.sum()), "called_positive": float(np.mean(acts[sel] >= t)) if sel.any() else None}
 
 
 def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSet, train_store: Any,
              opt: EvalOptions, console: Any = None, out: Path | None = None) -> dict[str, Any]:
-    """Run the protocol and every baseline; rank 0 writes JSON, Markdown and the histogram."""
+    """Run the protocol and every baseline; rank 0 writes JSON, Markdown and the histogram into ``out``
+    (default: the run folder), which also receives the one-layer baseline's run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     t0 = time.perf_counter()
@@ -491,117 +326,174 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
     ts.check(cfg)
     y = ts.y
     out = Path(out) if out is not None else session.run
+    transfer_neuron = read_neuron(opt.neuron_from, opt.concept, cfg) if opt.neuron_from else None
+    flags = ts.face_like()
+    n_tasks = 3 + len(opt.linear_readings) + (transfer_neuron is not None)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, disable=not w.is_root or console is None)
     with progress:
-        task = progress.add_task("features: trained network", total=4)
+        task = progress.add_task("features: trained network", total=n_tasks)
         LF = rank_features(net, ts, opt.stage, opt.sublayer, opt.batch)
         best, owner, col = distributed_best(w, LF.F, LF.index, y)
         ho = distributed_held_out(w, LF.F, LF.index, y, opt.seed)
-        best_acts = column_to_root(w, LF.F, owner, col)
+        best["auc"], best_acts = column_auc(w, LF.F, owner, col, y)
         n_neurons = LF.total
         del LF
         progress.update(task, advance=1, description="features: random network")
 
         rnet = Network.create(cfg, seed=opt.seed, xp=session.xp, w=w)
         RF = rank_features(rnet, ts, opt.stage, opt.sublayer, opt.batch)
-        rbest = distributed_best(w, RF.F, RF.index, y)[0]
-        # the fair comparison with held_out
-        rbest["held_out"] = distributed_held_out(w, RF.F, RF.index, y, opt.seed)["accuracy"]
-        del RF
-        del rnet
+        rbest, rowner, rcol = distributed_best(w, RF.F, RF.index, y)
+        rbest["auc"] = column_auc(w, RF.F, rowner, rcol, y)[0]
+        rho = distributed_held_out(w, RF.F, RF.index, y, opt.seed)
+        rbest["held_out"], rbest["held_out_auc"] = rho["accuracy"], rho["auc"]  # the fair comparison with held_out
+        del RF, rnet
         progress.update(task, advance=1, description="one-layer network")
 
         steps = cfg.train.layer_steps if opt.one_layer_steps is None else opt.one_layer_steps
         cfg1 = one_layer_config(cfg, steps)
-        onet, reused = one_layer_network(session, cfg1, train_store, console=console)
+        onet, reused, orun = one_layer_network(session, cfg1, train_store, out, console=console,
+                                               reuse_from=(session.run / "one-layer",))
         OF = rank_features(onet, ts, 0, "pool", opt.batch)
-        obest = distributed_best(w, OF.F, OF.index, y)[0]
+        obest, oowner, ocol = distributed_best(w, OF.F, OF.index, y)
+        obest["auc"] = column_auc(w, OF.F, oowner, ocol, y)[0]
+        oho = distributed_held_out(w, OF.F, OF.index, y, opt.seed)
+        obest["held_out"], obest["held_out_auc"] = oho["accuracy"], oho["auc"]
         del OF, onet
-        progress.update(task, advance=1, description=f"linear filters ({opt.linear_filters})")
 
-        patches, pos = sample_patches(train_store, opt.linear_filters, cfg.stages[0].filter, opt.seed)
-        lf = linear_filter_baseline(ts, patches, pos, w, opt.batch)
+        linear = {}
+        for reading in opt.linear_readings:
+            progress.update(task, advance=1, description=f"linear filters, {reading} reading ({opt.linear_filters})")
+            lf = LinearFilters(reading, train_store, opt.linear_filters, cfg.stages[0].filter, opt.seed)
+            linear[reading] = linear_filter_baseline(ts, lf, w, opt.batch)
+        transfer = None
+        if transfer_neuron is not None:
+            progress.update(task, advance=1, description="transferred neuron")
+            transfer = transfer_score(net, ts, transfer_neuron, opt.batch)
         progress.update(task, advance=1, description="done")
 
     from repro import report
 
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
     best.update({"layer": opt.stage, "sublayer": opt.sublayer, "unit": unit_of(cfg, opt.stage, opt.sublayer,
                                                                                best["index"]),
                  "neurons": int(n_neurons)})
     rbest.update({"layer": opt.stage, "sublayer": opt.sublayer, "seed": opt.seed})
-    obest.update({"layer": 0, "sublayer": "pool", "steps": steps, "run": str(session.run / "one-layer"),
-                  "reused": reused, "unit": unit_of(cfg1, 0, "pool", obest["index"])})
+    obest.update({"layer": 0, "sublayer": "pool", "steps": steps, "run": str(orun), "reused": reused,
+                  "unit": unit_of(cfg1, 0, "pool", obest["index"])})
+    baselines: dict[str, Any] = {"guessing": guessing(y), "random_network": rbest, "one_layer": obest}
+    for reading, lf in linear.items():
+        baselines["linear_filter" if reading == "patch" else f"linear_filter_{reading}"] = lf
     result = {
         "concept": opt.concept,
-        "test_set": {"stores": [str(s.path) for s in ts.stores], "names": ts.names, "images": len(ts),
-                     "unlabeled_left_out": ts.unlabeled},
-        "n_positive": n_pos, "n_negative": n_neg,
+        "test_set": ts.describe(),
+        "n_positive": int(y.sum()), "n_negative": int((~y).sum()),
         "protocol": {"thresholds": N_THRESHOLDS, "rule": "activation >= threshold -> positive",
                      "threshold_grid": "linspace(min, max, 20) of each neuron on the test set",
-                     "selection": "on the test set (as Le et al.); see held_out for a split"},
+                     "selection": "on the test set (as Le et al.); see held_out for a split, transfer for another set"},
         "best_neuron": best,
-        "baselines": {"guessing": guessing(y), "random_network": rbest, "linear_filter": lf, "one_layer": obest},
+        "baselines": baselines,
         "held_out": ho,
         "paper": report.paper_numbers(opt.concept),
         "config": cfg.to_dict(),
         "checkpoint": str(checkpoint),
         "checkpoint_step": int(step),
+        "training_data": {"store": str(train_store.path), "fingerprint": train_store.fingerprint()},
         "ranks": w.size, "device": session.backend.name, "seed": opt.seed,
-        "seconds": time.perf_counter() - t0,
     }
+    if transfer is not None:
+        result["transfer"] = transfer
+    if w.is_root:
+        fa = _false_alarms(best_acts, y, flags, best["threshold"])
+        if fa is not None:
+            best["face_like_distractors"] = fa
+    result["best_neuron"] = w.bcast(best)
+    result["seconds"] = time.perf_counter() - t0
     if w.is_root:
         out.mkdir(parents=True, exist_ok=True)
-        write_reports(out, result, best_acts, y, opt.seed, opt.histogram_bins)
-    result["seconds"] = time.perf_counter() - t0
+        write_reports(out, result, best_acts, y, opt)
     return result
 
 
-def summary_rows(r: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None]]:
-    """(row, ours, Le et al. %, Coates et al. %) for the report table."""
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, float | None, float | None, float | None, float | None]]:
+    """(row, ours, our AUC, Le et al. %, Coates et al. %) for the report table."""
     le, co = r["paper"]["le2012"], r["paper"]["coates2013"]
     b = r["baselines"]
-    return [
-        ("guessing (all negative)", b["guessing"], le.get("guessing"), None),
-        ("random network (same config)", b["random_network"]["accuracy"], None, co.get("random_network")),
-        (f"best linear filter (of {b['linear_filter']['filters']:,}; paper: 100,000)", b["linear_filter"]["accuracy"],
-         le.get("linear_filter"), None),
-        ("best neuron of a one-layer network", b["one_layer"]["accuracy"], le.get("one_layer"), None),
-        (f"best neuron (layer {r['best_neuron']['layer']}, {r['best_neuron']['sublayer']})",
-         r["best_neuron"]["accuracy"], le.get("best_neuron"), co.get("best_neuron")),
-        ("best neuron, held out (chosen on one half, measured on the other)", r["held_out"]["accuracy"], None, None),
-        ("random network, held out (the same split)", b["random_network"].get("held_out"), None, None),
+    bn = r["best_neuron"]
+    rows = [
+        ("guessing (all negative)", b["guessing"], 0.5, le.get("guessing"), None),
+        ("random network (same config)", b["random_network"]["accuracy"], b["random_network"].get("auc"), None,
+         co.get("random_network")),
     ]
+    for key, what in (("linear_filter", "patches at their position"), ("linear_filter_image", "whole training images")):
+        if key in b:
+            lf = b[key]
+            rows.append((f"best linear filter, {what} (of {lf['filters']:,}; paper: 100,000)", lf["accuracy"],
+                         lf.get("auc"), le.get("linear_filter"), None))
+    rows += [
+        ("best neuron of a one-layer network", b["one_layer"]["accuracy"], b["one_layer"].get("auc"),
+         le.get("one_layer"), None),
+        (f"best neuron (layer {bn['layer']}, {bn['sublayer']})", bn["accuracy"], bn.get("auc"),
+         le.get("best_neuron"), co.get("best_neuron")),
+        ("best neuron, held out (chosen on one half, measured on the other)", r["held_out"]["accuracy"],
+         r["held_out"].get("auc"), None, None),
+        ("random network, held out (the same split)", b["random_network"].get("held_out"),
+         b["random_network"].get("held_out_auc"), None, None),
+        ("one-layer network, held out (the same split)", b["one_layer"].get("held_out"),
+         b["one_layer"].get("held_out_auc"), None, None),
+    ]
+    if "transfer" in r:
+        t = r["transfer"]
+        where = ", ".join(t["chosen_on"].get("names", [])) or Path(t["source"]).name
+        split = t["chosen_on"].get("split")
+        rows.append((f"neuron {t['neuron']['index']} and threshold chosen on {where}" + (f" ({split})" if split else ""),
+                     t["accuracy"], t["auc"], None, None))
+    return rows
 
 
-def write_reports(out: Path, r: dict[str, Any], best_acts: np.ndarray, y: np.ndarray, seed: int, bins: int) -> None:
-    """Rank 0: ``evaluate-<concept>.json``, ``evaluate-<concept>.md``, ``histogram-<concept>.png``."""
+def describe_test_set(r: dict[str, Any]) -> str:
+    t = r["test_set"]
+    return (f"{' + '.join(t['names'])} ({t.get('split', 'test')}): {r['n_positive']:,} positives, "
+            f"{r['n_negative']:,} negatives, {'x'.join(map(str, t.get('shape', [])))} images")
+
+
+def write_reports(out: Path, r: dict[str, Any], best_acts: np.ndarray, y: np.ndarray, opt: EvalOptions) -> None:
+    """Rank 0: ``evaluate-<concept>.json``, ``evaluate-<concept>.md``, ``histogram-<concept>.<format>``."""
     from repro import report
 
     c = r["concept"]
-    sub = balanced_subsample(y, seed)
+    sub = balanced_subsample(y, opt.seed)
     b = r["best_neuron"]
-    png = out / f"histogram-{c}.png"
-    report.histogram_png(png, best_acts[sub][y[sub]], best_acts[sub][~y[sub]],
-                         f"{c}: best neuron {b['index']} (layer {b['layer']} {b['sublayer']}, unit {b['unit']}), "
-                         f"1:1 subsample", threshold=b["threshold"], bins=bins)
-    r["histogram"] = {"path": png.name, "per_class": int(len(sub) // 2), "seed": seed, "bins": bins}
-    rows = [(name, report.pct(ours), report.paper_pct(le), report.paper_pct(co))
-            for name, ours, le, co in summary_rows(r)]
+    figs = []
+    for fmt in opt.formats:
+        path = out / f"histogram-{c}.{fmt}"
+        report.histogram_png(path, best_acts[sub][y[sub]], best_acts[sub][~y[sub]],
+                             f"{c}: best neuron {100 * b['accuracy']:.1f}% (AUC {b['auc']:.3f}), layer {b['layer']} "
+                             f"{b['sublayer']} unit {b['unit']}\n{describe_test_set(r)}; 1:1 subsample shown",
+                             threshold=b["threshold"], bins=opt.histogram_bins, dpi=opt.dpi,
+                             labels=("faces" if c == "faces" else "positives", "distractors"))
+        figs.append(path.name)
+    r["histogram"] = {"files": figs, "path": figs[0], "per_class": int(len(sub) // 2), "seed": opt.seed,
+                      "bins": opt.histogram_bins}
+    rows = [(name, report.pct(ours), None if a is None else f"{a:.3f}", report.paper_pct(le), report.paper_pct(co))
+            for name, ours, a, le, co in summary_rows(r)]
+    fa = b.get("face_like_distractors")
     md = [f"# Evaluation: {c}\n",
-          f"Checkpoint `{r['checkpoint']}` (step {r['checkpoint_step']}), config `{r['config']['name']}`; "
-          f"test set {', '.join(r['test_set']['names'])}: {r['n_positive']} positives, {r['n_negative']} "
-          f"negatives (paper: {report.PAPER_TEST_SETS.get(c, '?')}). {r['ranks']} rank(s), {r['device']}.\n",
-          report.markdown_table(["", "ours", "paper (Le et al. 2012)", "Coates et al. 2013"], rows),
+          f"Checkpoint `{r['checkpoint']}` (step {r['checkpoint_step']}), config `{r['config']['name']}`, trained on "
+          f"`{r['training_data']['store']}`. Test set: {describe_test_set(r)}; guessing "
+          f"{100 * r['baselines']['guessing']:.1f}%. {r['ranks']} rank(s), {r['device']}.\n",
+          report.markdown_table(["", "ours", "AUC", "paper (Le et al. 2012)", "Coates et al. 2013"], rows),
           "Protocol: for every neuron, 20 thresholds equally spaced between its min and max activation on "
           "the test set; 'activation >= threshold' means positive; best accuracy per neuron; best over "
-          "neurons (chosen on the test set, as in the paper). Held out: neuron and threshold chosen on one "
-          "stratified half, accuracy on the other, mean of both directions. Linear filters: patches of "
-          f"{r['baselines']['linear_filter']['size']}x{r['baselines']['linear_filter']['size']} "
-          "pixels from random positions of random training images, zero mean and unit norm, applied at the "
-          "same position of the standardised test image. Guessing on our test set differs from the "
-          "paper's 64.8% because the class ratio differs.\n",
-          f"![histogram]({png.name})\n"]
+          "neurons (chosen on the test set, as in the paper). AUC: of the chosen neuron or filter, "
+          "threshold-free. Held out: neuron and threshold chosen on one stratified half, accuracy and AUC on "
+          "the other, mean of both directions. Linear filters (the paper does not give their size): patches "
+          f"of {r['baselines'].get('linear_filter', {}).get('size', '?')} pixels from random positions of random "
+          "training images applied at the same position, and whole training images; zero mean, unit norm, on "
+          "the standardised test image. The paper's own test set is "
+          f"{report.PAPER_TEST_SETS.get(c, 'not ours')}; guessing differs with the class ratio, AUC does not.\n"]
+    if fa is not None:
+        md.append(f"Face-like distractors (animal faces, drawings, masks): {fa['count']}; the best neuron calls "
+                  f"{100 * fa['called_positive']:.0f}% of them faces.\n")
+    md.append(f"![histogram]({figs[0]})\n")
     report.write_text_atomic(out / f"evaluate-{c}.md", "\n".join(md))
     atomic.write_json(out / f"evaluate-{c}.json", r)

@@ -1,4 +1,4 @@
-"""What every experiment shares: the run folder, the backend, the world, and writing results."""
+"""What every experiment shares: the run folder, the backend, the world, the data, writing results."""
 from __future__ import annotations
 
 import time
@@ -54,3 +54,90 @@ def open_session(device: str, run: str | None, create: bool = True) -> Session:
     elif not path.exists():
         raise ReproError(f"{path}: no such run folder")
     return Session(w, backend, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The data a run trains and is tested on
+# ---------------------------------------------------------------------------------------------
+# concept -> the prepared test stores that make its test set (positives, then negatives), as in
+# data_manifests/: faces = lfw + imagenet-negatives, cat faces = cat-heads + imagenet-negatives,
+# human bodies = daimler-pedestrians (both labels). A run trained on a built-in data set that holds
+# labeled splits of the concept (``pypi-faces``, ``mini``) is tested on those.
+CONCEPT_SETS = {"faces": ("lfw", "imagenet-negatives"), "cats": ("cat-heads", "imagenet-negatives"),
+                "bodies": ("daimler-pedestrians",)}
+
+
+def run_folder(ckpt: Path) -> Path:
+    """The run a checkpoint folder belongs to (``RUN/checkpoints/step-N`` -> ``RUN``)."""
+    ckpt = Path(ckpt)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def data_record(store: Any) -> dict[str, Any]:
+    """What ``RUN/data.json`` says about the training store: enough to find it and to notice if it changed."""
+    return {"name": store.name, "split": store.split, "store": str(Path(store.path).resolve()),
+            "count": len(store), "shape": list(store.shape), "fingerprint": store.fingerprint()}
+
+
+def recorded_training_data(run: Path) -> str | None:
+    """The training store a run recorded (``RUN/data.json``), if it still exists."""
+    import json
+
+    try:
+        p = json.loads((Path(run) / "data.json").read_text())["store"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(p) if (Path(p) / "index.json").is_file() else None
+
+
+def _ensure_builtin(session: Session, name: str, root: str, console: Any = None) -> None:
+    """A built-in data set is made on first use, by rank 0, while the others wait."""
+    from repro.data.builtin import builtin_manifest, ensure_builtin
+
+    if builtin_manifest(name) is None:
+        return
+    if session.w.is_root:
+        ensure_builtin(name, root, console=console)
+    session.w.barrier()
+
+
+def training_store(session: Session, name: str, root: str, console: Any = None) -> Any:
+    """The training store NAME (a built-in set is made on first use); others must be prepared."""
+    from repro.data.prepare import require_store
+
+    _ensure_builtin(session, name, root, console)
+    return require_store(name, "train", root)
+
+
+def test_set_names(concept: str, train_data: str, data: tuple[str, ...] | list[str]) -> list[str]:
+    """The stores of a concept's test set: ``--data`` if given, else the built-in training set's own
+    labeled splits when it has them for this concept, else the concept's downloadable sets."""
+    from repro.data.builtin import builtin_manifest
+
+    names: list[str] = []
+    for d in data:
+        names += [n.strip() for n in d.split(",") if n.strip()]
+    if names:
+        return names
+    m = builtin_manifest(str(train_data))
+    if m is not None and m.concept == concept:
+        return [m.name]
+    return list(CONCEPT_SETS[concept])
+
+
+def open_test_set(session: Session, names: list[str], root: str, split: str = "test", console: Any = None) -> Any:
+    """The labeled images of ``split`` of every named store, as one evaluate ``TestSet``."""
+    from repro.data.prepare import require_store, resolve_dataset
+    from repro.experiments.evaluate import TestSet
+
+    stores = []
+    for n in names:
+        _ensure_builtin(session, n, root, console)
+        path = resolve_dataset(n, split, root)
+        if not (path / "index.json").is_file() and path.parent.is_dir():
+            have = sorted(p.name for p in path.parent.iterdir() if (p / "index.json").is_file())
+            if have:
+                raise ReproError(f"{path.parent}: has no split {split!r} (it has: {', '.join(have)}); "
+                                 f"choose one with --split")
+        stores.append(require_store(n, split, root))
+    return TestSet.of(names, stores, split)

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from repro.data.loader import Loader
 from repro.errors import ReproError
-from repro.experiments.run import Session
+from repro.experiments.run import Session, data_record
 from repro.model import checkpoint as ckpt
 from repro.model.config import NetworkConfig
 from repro.model.network import Network, apply_update, load_checkpoint, save_checkpoint
@@ -80,6 +80,8 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
     total = sum(p.steps for p in phases)
     end = total if max_steps is None else min(total, start + max_steps)
     session.write_json("config.json", cfg.to_dict())
+    if start == 0 or not (session.run / "data.json").exists():
+        session.write_json("data.json", data_record(store))
     log_path = session.run / "train-log.jsonl"
     losses: dict[str, float] = {}
     phase_start_loss: dict[str, float] = {}

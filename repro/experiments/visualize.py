@@ -214,11 +214,13 @@ def to_display(img: np.ndarray) -> np.ndarray:
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Write a matplotlib figure atomically (temp file beside it, then rename)."""
-    return atomic.save_figure(fig, path, dpi=fig.dpi)
+    """Write a matplotlib figure atomically (temp file beside it, then rename); format from the suffix."""
+    from repro.report import figure_format
+
+    return atomic.save_figure(fig, path, dpi=fig.dpi, format=figure_format(path))
 
 
-def figure(figsize: tuple[float, float], dpi: int = 100) -> Any:
+def figure(figsize: tuple[float, float], dpi: int = 150) -> Any:
     """A figure on the Agg canvas: no display, no pyplot global state (safe in any process)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -228,37 +230,69 @@ def figure(figsize: tuple[float, float], dpi: int = 100) -> Any:
     return fig
 
 
+POSITIVE, NEGATIVE = "#1a9641", "#d7191c"  # frame colours: green = positive (face), red = distractor
+
+
 def image_grid_png(images: np.ndarray, path: Path, title: str, labels: list[str] | None = None,
-                   cols: int = 8) -> Path:
-    """A grid of (N, C, H, W) images in [0, 1], row by row (the paper's Figure 3, left)."""
+                   cols: int = 8, positive: np.ndarray | None = None, dpi: int = 150) -> Path:
+    """A grid of (N, C, H, W) images in [0, 1], row by row (the paper's Figure 3, left). With
+    ``positive`` each image gets a frame: green for a positive (face), red for a distractor."""
     n = len(images)
     rows = max(1, -(-n // cols))
-    fig = figure((cols * 1.2, rows * 1.2 + 0.5))
-    fig.suptitle(title, fontsize=8)
+    fig = figure((cols * 1.35, rows * 1.55 + 0.9), dpi)
+    fig.suptitle(title, fontsize=10)
     for k in range(rows * cols):
         ax = fig.add_subplot(rows, cols, k + 1)
-        ax.set_axis_off()
-        if k < n:
-            img = np.asarray(images[k], np.float64)
-            a = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-            ax.imshow(a, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            if labels:
-                ax.set_title(labels[k], fontsize=5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.set_axis_off()
+            continue
+        img = np.asarray(images[k], np.float64)
+        a = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        ax.imshow(a, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        if positive is not None:
+            for sp in ax.spines.values():
+                sp.set_edgecolor(POSITIVE if positive[k] else NEGATIVE)
+                sp.set_linewidth(3)
+        else:
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+        if labels:
+            ax.set_xlabel(labels[k], fontsize=8, labelpad=2)
+    if positive is not None:
+        from matplotlib.patches import Patch
+
+        fig.legend(handles=[Patch(color=POSITIVE, label=f"face ({int(np.sum(positive))})"),
+                            Patch(color=NEGATIVE, label=f"distractor ({int(n - np.sum(positive))})")],
+                   loc="lower center", ncol=2, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 if positive is not None else 0, 1, 0.95))
     return save_figure(fig, path)
 
 
-def stimulus_png(x: np.ndarray, path: Path, title: str) -> Path:
-    fig = figure((3.2, 3.4))
+def stimulus_png(x: np.ndarray, path: Path, title: str, dpi: int = 150) -> Path:
+    """The optimal stimulus, large, in the network's standardised units with a colour scale."""
+    a = np.asarray(x[0] if x.ndim == 4 else x, np.float64)
+    fig = figure((5.6, 5.0), dpi)
     ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(to_display(x[0] if x.ndim == 4 else x), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=7)
+    if a.shape[0] == 1:
+        lim = float(np.abs(a).max()) or 1.0
+        im = ax.imshow(a[0], cmap="gray", vmin=-lim, vmax=lim, interpolation="nearest")
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cb.set_label("input value (standardised image, ||x|| = 1)", fontsize=9)
+        cb.ax.tick_params(labelsize=8)
+    else:
+        ax.imshow(to_display(a), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ the step
 def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int = 200, seed: int = 0,
-                k: int = 48, tol: float = 1e-6) -> dict[str, Any]:
+                k: int = 48, tol: float = 1e-6, dpi: int = 150, formats: tuple[str, ...] = ("png",)) -> dict[str, Any]:
     """Top-k test images and optimal stimulus of one neuron; rank 0 writes the PNGs, .npy and JSON.
 
     ``ts`` is a :class:`repro.experiments.evaluate.TestSet` (labels ``ts.y``, ``ts.images(idx)``
@@ -290,14 +324,19 @@ def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int 
                             "activation_unit_norm": f_best_unit},
         "stimulus_over_best_image": stim["activation"] / f_best_unit if f_best_unit else None,
         "ranks": session.w.size, "device": session.backend.name,
-        "files": ["best-neuron-top48.png", "best-neuron-stimulus.png", "best-neuron-stimulus.npy"],
+        "files": [f"best-neuron-{what}.{fmt}" for fmt in formats for what in ("top48", "stimulus")]
+        + ["best-neuron-stimulus.npy"],
     }
     if session.w.is_root:
-        image_grid_png(images[top], run / "best-neuron-top48.png",
-                       f"{neuron.label()}: top {len(top)} of {n} test images ({summary['top']['positives']} positives)",
-                       labels=[f"{a:.3g}" for a in acts[top]])
-        stimulus_png(x, run / "best-neuron-stimulus.png",
-                     f"optimal stimulus, f = {stim['activation']:.4g}\n(best test image at |x|=1: {f_best_unit:.4g})")
+        share = 100.0 * float(np.mean(ts.y))
+        for fmt in formats:
+            image_grid_png(images[top], run / f"best-neuron-top48.{fmt}",
+                           f"The {len(top)} test images that excite {neuron.label()} most\n"
+                           f"{summary['top']['positives']} of {len(top)} are faces "
+                           f"(faces are {share:.0f}% of the {n} test images); numbers: its activation",
+                           labels=[f"{a:.3g}" for a in acts[top]], positive=labels == 1, dpi=dpi)
+            stimulus_png(x, run / f"best-neuron-stimulus.{fmt}",
+                         f"Optimal stimulus of {neuron.label()}", dpi=dpi)
         with atomic.target(run / "best-neuron-stimulus.npy") as tmp:
             np.save(tmp, x[0], allow_pickle=False)
     session.write_json("visualize-best-neuron.json", summary)
