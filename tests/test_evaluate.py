@@ -83,6 +83,98 @@ def test_filter_responses_match_loop() -> None:
         np.testing.assert_allclose(got[:, k], want, rtol=1e-5, atol=1e-5)
 
 
+def slow_auc(a: np.ndarray, y: np.ndarray) -> float:
+    """Every (positive, negative) pair: 1 if the positive scores higher, 1/2 on a tie."""
+    pos, neg = a[y], a[~y]
+    return float(np.mean([[1.0 if p > q else 0.5 if p == q else 0.0 for q in neg] for p in pos]))
+
+
+def test_auc_matches_pairwise_count() -> None:
+    rng = np.random.default_rng(4)
+    for n, ties in ((40, False), (57, True), (9, True)):
+        y = rng.random(n) < 0.4
+        y[:2] = [True, False]
+        a = rng.standard_normal(n) + y
+        if ties:
+            a = np.round(a)
+        assert ev.auc(a, y) == pytest.approx(slow_auc(a, y))
+    y = np.array([0, 0, 1, 1], bool)
+    assert ev.auc(np.array([1.0, 2, 3, 4]), y) == 1.0 and ev.auc(np.array([4.0, 3, 2, 1]), y) == 0.0
+    assert ev.auc(np.ones(4), y) == 0.5
+    with pytest.raises(ValueError):
+        ev.auc(np.ones(3), np.ones(3, bool))
+
+
+def test_held_out_reports_auc_of_the_chosen_neuron() -> None:
+    rng = np.random.default_rng(6)
+    y = rng.random(80) < 0.4
+    F = rng.standard_normal((80, 5)).astype(np.float32) + 1.2 * y[:, None] * (np.arange(5) == 3)
+    h = ev.held_out(F, y, seed=2)
+    A, B = ev.stratified_halves(y, 2)
+    j = h["a_to_b"]["index"]
+    assert h["a_to_b"]["auc"] == pytest.approx(slow_auc(F[B, j], y[B]))
+    assert h["auc"] == pytest.approx((h["a_to_b"]["auc"] + h["b_to_a"]["auc"]) / 2)
+
+
+class _Store:
+    """A stand-in training store of uint8 images (what the linear filters sample from)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self.shape = x.shape[1:]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def images(self, idx):
+        return self.x[np.asarray(idx, np.int64)]
+
+
+def test_both_linear_filter_readings_match_a_slow_search() -> None:
+    """Patch reading: a f x f patch at its own position; image reading: a whole training image."""
+    from repro.engine.comm import world
+
+    rng = np.random.default_rng(7)
+    train = _Store(rng.integers(0, 256, (50, 12, 12), dtype=np.uint8))
+    tx = rng.integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    y = rng.random(40) < 0.4
+    y[:2] = [True, False]
+
+    class TS:
+        shape = (12, 12)
+
+        def __init__(self):
+            self.y = y
+
+        def __len__(self):
+            return 40
+
+        def images(self, idx):
+            return ev.as_float(tx[np.asarray(list(idx))])
+
+    xs = standardize(ev.as_float(tx))
+    for reading in ("patch", "image"):
+        lf = ev.LinearFilters(reading, train, 30, 5, seed=3)
+        got = ev.linear_filter_baseline(TS(), lf, world(), batch=16)
+        best = (-1.0, -1)
+        for k in range(30):
+            if reading == "patch":
+                (r, c), P = lf.pos[k], lf.patches[k]
+                resp = (xs[:, :, r:r + 5, c:c + 5] * P).sum(axis=(1, 2, 3))
+            else:
+                f = ev.as_float(train.x[lf.idx[k]:lf.idx[k] + 1])[0]
+                f = f - f.mean()
+                f = f / np.sqrt((f.astype(np.float64) ** 2).sum())
+                resp = (xs * f).sum(axis=(1, 2, 3))
+            acc = slow_best(resp[:, None], y)[1]
+            if acc > best[0]:
+                best = (acc, k, resp)
+        assert got["index"] == best[1] and got["accuracy"] == pytest.approx(best[0]), reading
+        assert got["auc"] == pytest.approx(slow_auc(best[2], y), abs=1e-6), reading
+        assert got["reading"] == reading and got["filters"] == 30
+    assert len(set(ev.LinearFilters("image", train, 30, 5, seed=3).idx)) == 30  # no repeats while enough images
+
+
 # ---------------------------------------------------------------- the command, end to end
 def _obj():
     import types
@@ -101,9 +193,10 @@ def _eval_args(run: Path, root: Path, *more: str) -> list[str]:
             "--linear-filters", "300", "--one-layer-steps", "3", *more]
 
 
-KEYS = ["best_neuron.accuracy", "best_neuron.layer", "best_neuron.index", "baselines.guessing",
-        "baselines.random_network", "baselines.linear_filter", "baselines.one_layer", "held_out.accuracy",
-        "n_positive", "n_negative"]
+KEYS = ["best_neuron.accuracy", "best_neuron.auc", "best_neuron.layer", "best_neuron.index", "baselines.guessing",
+        "baselines.random_network.auc", "baselines.linear_filter.auc", "baselines.linear_filter_image.auc",
+        "baselines.one_layer.auc", "held_out.accuracy", "held_out.auc", "n_positive", "n_negative",
+        "test_set.split", "training_data.fingerprint"]
 
 
 def _get(d: dict, key: str):
@@ -125,7 +218,8 @@ def test_evaluate_end_to_end_one_and_two_ranks(tiny_run, tmp_path) -> None:
     assert res["paper"]["le2012"]["best_neuron"] == 81.7
     assert (run / "evaluate-faces.md").read_text().count("|") > 20
     assert (run / "histogram-faces.png").read_bytes()[:4] == b"\x89PNG"
-    assert (run / "one-layer" / "train.json").exists()
+    assert (run / "one-layer" / "train.json").exists() and (run / "one-layer" / "data.json").exists()
+    assert "mini (test): 100 positives, 200 negatives" in (run / "evaluate-faces.md").read_text()
     # the best neuron's numbers follow from its features by the protocol
     from repro.model.network import load_checkpoint
 
@@ -144,9 +238,11 @@ def test_evaluate_end_to_end_one_and_two_ranks(tiny_run, tmp_path) -> None:
         assert res2[k]["accuracy"] == res[k]["accuracy"]
     assert res2["best_neuron"]["index"] == res["best_neuron"]["index"]
     assert res2["best_neuron"]["threshold"] == pytest.approx(res["best_neuron"]["threshold"], rel=1e-5)
-    for k in ("random_network", "linear_filter", "one_layer"):
+    for k in ("random_network", "linear_filter", "linear_filter_image", "one_layer"):
         assert res2["baselines"][k]["accuracy"] == res["baselines"][k]["accuracy"], k
         assert res2["baselines"][k]["index"] == res["baselines"][k]["index"], k
+        assert res2["baselines"][k]["auc"] == pytest.approx(res["baselines"][k]["auc"], abs=1e-12), k
+    assert res2["best_neuron"]["auc"] == res["best_neuron"]["auc"] and res2["held_out"] == res["held_out"]
 
 
 def test_evaluate_three_ranks_equals_serial(tiny_run, tmp_path) -> None:

@@ -36,8 +36,7 @@ def control(obj, run, concept, data, test_data, split, root, layer, sublayer, ma
     from repro.errors import ReproError
     from repro.experiments.control import baseline_config, control as run_control
     from repro.experiments.evaluate import EvalOptions
-    from repro.experiments.run import (open_session, open_test_set, recorded_training_data, test_set_names,
-                                       training_store)
+    from repro.experiments.run import open_session, open_test_set, test_set_names, training_data_of, training_store
     from repro.model import checkpoint as ck
 
     console = Console(stderr=True)
@@ -48,9 +47,9 @@ def control(obj, run, concept, data, test_data, split, root, layer, sublayer, ma
     stage = len(cfg.stages) - 1 if layer is None else layer
     if stage >= len(cfg.stages):
         raise ReproError(f"--layer {stage}: config {cfg.name!r} has stages 0..{len(cfg.stages) - 1}")
-    ts = open_test_set(session, test_set_names(concept, cfg.data, test_data), root, split, console)
+    name, data_name = training_data_of(session.run, data, cfg.data)
+    ts = open_test_set(session, test_set_names(concept, [data_name, cfg.data], test_data), root, split, console)
     ts.check(cfg)
-    name = data or recorded_training_data(session.run) or cfg.data
     store = training_store(session, name, root, console)
     opt = EvalOptions(concept=concept, stage=stage, sublayer=sublayer, seed=seed, linear_filters=linear_filters,
                       one_layer_steps=one_layer_steps)

@@ -54,8 +54,8 @@ def evaluate(obj, concept, checkpoint, config_name, layer, sublayer, data, split
              linear_filters, one_layer_steps, neuron_from, seed, batch, out, dpi, formats) -> None:
     """Best single neuron for a concept vs guessing, a random network, linear filters and a one-layer network."""
     from repro.experiments.evaluate import EvalOptions, evaluate as run_eval
-    from repro.experiments.run import (open_session, open_test_set, recorded_training_data, run_folder,
-                                       test_set_names, training_store)
+    from repro.experiments.run import (open_session, open_test_set, run_folder, test_set_names, training_data_of,
+                                       training_store)
     from repro.model import checkpoint as ck
     from repro.model.config import load_config
     from repro.model.network import load_checkpoint
@@ -70,8 +70,8 @@ def evaluate(obj, concept, checkpoint, config_name, layer, sublayer, data, split
         raise ReproError(f"--layer {stage}: config {cfg.name!r} has stages 0..{n_stages - 1}")
     run = run_folder(path)
     session = open_session(obj.device, str(run), create=False)
-    trained_on = train_data or recorded_training_data(run) or cfg.data
-    ts = open_test_set(session, test_set_names(concept, cfg.data, data), root, split, console)
+    trained_on, data_name = training_data_of(run, train_data, cfg.data)
+    ts = open_test_set(session, test_set_names(concept, [data_name, cfg.data], data), root, split, console)
     ts.check(cfg)  # before the expensive parts: empty, one-class or wrongly sized test sets
     train_store = training_store(session, trained_on, root, console)
     net, manifest = load_checkpoint(path, cfg, session.xp, session.w)

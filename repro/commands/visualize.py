@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 
 from repro.errors import ReproError
+from repro.options import figure_options
 
 
 def open_run(device: str, checkpoint: str, config_name: str | None) -> tuple[Any, Any]:
@@ -30,7 +31,8 @@ def open_run(device: str, checkpoint: str, config_name: str | None) -> tuple[Any
     return session, net
 
 
-def open_test_set(session: Any, cfg: Any, concept: str, data: tuple[str, ...], root: str) -> Any:
+def open_test_set(session: Any, cfg: Any, concept: str, data: tuple[str, ...], root: str,
+                  split: str | None = None) -> Any:
     """The labeled test set of ``concept`` (an evaluate ``TestSet``), checked against the network.
 
     By default the stores ``repro evaluate`` used (``test_set.stores`` of
@@ -38,12 +40,12 @@ def open_test_set(session: Any, cfg: Any, concept: str, data: tuple[str, ...], r
     (``mini`` for a run trained on ``mini``). A store that is not prepared fails with one line naming
     the ``repro data prepare`` command; empty, one-class and wrong-size test sets fail with one line.
     """
-    from repro.experiments.run import open_test_set as open_ts, test_set_names
+    from repro.experiments.run import open_test_set as open_ts, test_set_names, training_data_of
 
-    names = list(_evaluated_test_set(session.run, concept) or []) if not data else []
+    names = list(_evaluated_test_set(session.run, concept) or []) if not data and split is None else []
     if not names:
-        names = test_set_names(concept, cfg.data, data)
-    ts = open_ts(session, names, root)
+        names = test_set_names(concept, [training_data_of(session.run, None, cfg.data)[1], cfg.data], data)
+    ts = open_ts(session, names, root, split or "test")
     ts.check(cfg)
     return ts
 
@@ -72,7 +74,9 @@ def neuron_options(f: Any) -> Any:
         click.option("--sublayer", type=click.Choice(["filter", "pool", "lcn"]), default=None, help="Override: sublayer."),
         click.option("--index", type=click.IntRange(0), default=None, help="Override: flat index into (map, row, col)."),
         click.option("--data", multiple=True, help="Test store(s) instead of the evaluation's (name or folder; repeatable)."),
-        click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder."),
+        click.option("--split", default=None, help="Labeled split of the test stores (default: the one the "
+                     "evaluation used, else test)."),
+        click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder ($REPRO_DATA)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of random starts / choices / the reference network."),
     ]):
         f = opt(f)
@@ -80,13 +84,13 @@ def neuron_options(f: Any) -> Any:
 
 
 def _setup(obj: Any, run: str, config_name: Any, concept: str, layer: Any, sublayer: Any, index: Any, data: Any,
-           root: str) -> tuple[Any, Any, Any, Any, Console]:
+           split: Any, root: str) -> tuple[Any, Any, Any, Any, Console]:
     from repro.experiments.visualize import resolve_neuron
 
     console = Console(stderr=True)
     session, net = open_run(obj.device, run, config_name)
     neuron, _ = resolve_neuron(net.cfg, session.run, concept, layer, sublayer, index)
-    store = open_test_set(session, net.cfg, concept, data, root)
+    store = open_test_set(session, net.cfg, concept, data, root, split)
     return session, net, neuron, store, console
 
 
@@ -99,21 +103,25 @@ def visualize() -> None:
 @neuron_options
 @click.option("--iters", type=click.IntRange(1), default=200, show_default=True, help="Most ascent steps per start.")
 @click.option("--top", "k", type=click.IntRange(1), default=48, show_default=True, help="How many test images to show.")
+@figure_options
 @click.pass_obj
-def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, root, seed, iters, k) -> None:  # noqa: ANN001
+def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, split, root, seed, iters, k,  # noqa: ANN001
+                dpi, formats) -> None:
     """The 48 test images that excite the neuron most, and its optimal stimulus (||x||_2 = 1)."""
     from repro.experiments.visualize import best_neuron as run_best
 
-    session, net, neuron, store, _ = _setup(obj, run, config_name, concept, layer, sublayer, index, data, root)
-    s = run_best(session, net, store, neuron, iters=iters, seed=seed, k=k)
+    session, net, neuron, store, _ = _setup(obj, run, config_name, concept, layer, sublayer, index, data, split,
+                                            root)
+    s = run_best(session, net, store, neuron, iters=iters, seed=seed, k=k, dpi=dpi,
+                 formats=tuple(dict.fromkeys(formats)))
     if session.w.is_root:
         st, b = s["stimulus"], s["best_test_image"]
         Console().print(
             f"[bold]visualize best-neuron[/bold] {neuron.label()}: top {s['top']['k']} test images hold "
             f"{s['top']['positives']} positives; optimal stimulus f = {st['activation']:.4g} after "
             f"{st['iterations']} steps from {st['start']} ({st['stopped']}), best test image at unit norm "
-            f"f = {b['activation_unit_norm']:.4g}\nwrote {session.run}/best-neuron-top48.png, "
-            f"best-neuron-stimulus.png/.npy, visualize-best-neuron.json")
+            f"f = {b['activation_unit_norm']:.4g}\nwrote {', '.join(s['files'])}, visualize-best-neuron.json "
+            f"in {session.run}")
 
 
 @visualize.command("invariance")
@@ -122,11 +130,13 @@ def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, ro
 @click.option("--rotating", default="rotating-faces", show_default=True,
               help="Rotating-face set for out-of-plane rotation (used when prepared; see data_manifests/rotating-faces.toml).")
 @click.pass_obj
-def invariance(obj, run, config_name, concept, layer, sublayer, index, data, root, seed, faces, rotating) -> None:  # noqa: ANN001
+def invariance(obj, run, config_name, concept, layer, sublayer, index, data, split, root, seed, faces,  # noqa: ANN001
+               rotating) -> None:
     """Mean response to test faces under scaling, translation and rotation, vs a random network."""
     from repro.experiments.invariance import ANGLE_RE, invariance as run_inv
 
-    session, net, neuron, store, console = _setup(obj, run, config_name, concept, layer, sublayer, index, data, root)
+    session, net, neuron, store, console = _setup(obj, run, config_name, concept, layer, sublayer, index, data,
+                                                  split, root)
     rot, pattern = _rotating_set(rotating, root)
     if rot is None and session.w.is_root:
         console.print(f"out-of-plane rotation skipped: no prepared rotating-face set {rotating!r} "

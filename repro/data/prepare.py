@@ -261,7 +261,7 @@ def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, 
     skipped, skipped_files, reused = 0, [], 0
     t0, n_img = time.perf_counter(), 0
     with Progress(TextColumn(f"[bold]{m.name}/{split}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as prog, \
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True) as prog, \
             ThreadPoolExecutor(workers) as pool:
         task = prog.add_task("prepare", total=len(items), rate="")
         for k, chunk in enumerate(chunks):

@@ -10,10 +10,12 @@ Why this design (data_manifests/pypi-faces.toml holds every source, box and spli
   val and test each get their own ORL subjects, photographs, scenes and one face-free video.
 * **Test faces as the paper's.** Le et al. test on non-aligned LFW: a face near the middle of a
   photograph, at varying position and size, with its real surroundings. ``val``/``test`` crop each
-  face out of its *own* photograph: the face box fills ``test_face_scale`` of the crop side (as far
-  as the photograph allows: ORL frames hold little more than the head, so ORL faces fill >= 0.82),
-  its centre within ``test_jitter`` of the crop's centre; never padded. ``*-aligned`` holds the
-  same faces as tight centred crops, for comparison (aligned faces reward fixed templates).
+  face of a photograph out of that photograph: the face box fills ``test_face_scale`` of the crop
+  side, its centre within ``test_jitter`` of the crop's centre; never padded. ORL frames hold little
+  more than the head (a face fills >= 0.82 of any crop, nearly aligned), so ORL faces (``composite``)
+  are placed at the same scales and offsets into textured crops of their split's own scenes, the
+  same scenes the distractors come from. ``*-aligned`` holds every face once as a tight centred crop
+  of its own frame, for comparison (aligned faces reward fixed templates).
 * **Honest distractors.** Crops of face-free photographs and video frames, drawn again while they
   are flatter than ``min_std`` / ``min_edge`` (flat patches are trivially rejected and inflate every
   score), plus a flagged group of face-like non-faces (animal faces, drawings, a mask:
@@ -131,6 +133,13 @@ def catalogue(m: Manifest) -> Catalogue:
             if s.video and len(s.boxes) > 1:
                 raise ReproError(f"{w}: a video has at most one box")
             out[table].append(s)
+    for what in ("group", "person"):  # the manifest cannot put one photograph or person in two splits
+        where_is: dict[str, str] = {}
+        for s in out["photos"] + out["videos"]:
+            for key in ([s.group] if what == "group" else s.persons):
+                if where_is.setdefault(key, s.split) != s.split:
+                    raise ReproError(f"{where}: {what} {key!r} is in both {where_is[key]} and {s.split} "
+                                     f"({s.id!r}); a {what} belongs to one split")
     orl, lfw = ex.get("orl"), ex.get("lfw_subset")
     for name, t in (("orl", orl), ("lfw_subset", lfw)):
         if not isinstance(t, dict):
@@ -355,6 +364,18 @@ def _ellipse(s: int) -> np.ndarray:
     return np.clip((1.0 - r) / 0.25, 0.0, 1.0)  # soft edge over the outer quarter
 
 
+def paste(frame: np.ndarray, f: Face, y: int, x: int, s: int, grey: bool) -> None:
+    """Blend the face (its box and a tenth more, where the picture has it) into ``frame`` as an
+    ``s`` x ``s`` square at (y, x), through a soft ellipse, in place."""
+    t, l, bh, bw = f.box
+    pad = int(0.1 * max(bh, bw)) if f.surroundings else 0
+    H0, W0 = f.pic.img.shape[:2]
+    patch = _resize(f.pic.img[max(0, t - pad):min(H0, t + bh + pad), max(0, l - pad):min(W0, l + bw + pad)], (s, s))
+    a = _ellipse(s) if grey else _ellipse(s)[..., None]
+    reg = frame[y:y + s, x:x + s].astype(np.float32)
+    frame[y:y + s, x:x + s] = np.clip(a * patch + (1 - a) * reg, 0, 255).astype(np.uint8)
+
+
 # ------------------------------------------------------------------ training frames
 def _scene_crop(pic: Picture, rng: np.random.Generator, scale: tuple[float, float]) -> tuple[int, int, int]:
     H, W = pic.img.shape[:2]
@@ -369,7 +390,7 @@ def _faces_in(pic: Picture, win: tuple[int, int, int], size: tuple[int, int]) ->
     out = []
     for b, person in zip(pic.src.boxes, pic.src.persons):
         if _inside(win, b):
-            out.append({"person": person, "box": _box_in(win, b, size), "how": "crop"})
+            out.append({"person": person, "box": _box_in(win, b, size), "how": "crop", "photo": pic.src.group})
     return out
 
 
@@ -397,27 +418,21 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
             if got is not None:
                 win = got[0]
                 fr = _cut(f.pic.img, win, size)
-                rec.update(source=f.pic.name, faces=_faces_in(f.pic, win, size))
+                rec.update(source=f.pic.name, photo=f.pic.src.group, faces=_faces_in(f.pic, win, size))
             else:
                 fr = _cut(scene.img, _scene_crop(scene, rng, cs), size)
                 s = max(4, int(round(frac * min(size))))
-                t, l, bh, bw = f.box
-                pad = 0 if not f.surroundings else int(0.1 * max(bh, bw))
-                H0, W0 = f.pic.img.shape[:2]
-                patch = f.pic.img[max(0, t - pad):min(H0, t + bh + pad), max(0, l - pad):min(W0, l + bw + pad)]
-                patch = _resize(patch, (s, s))
                 y, xx = int(rng.integers(0, size[0] - s + 1)), int(rng.integers(0, size[1] - s + 1))
-                a = _ellipse(s) if grey else _ellipse(s)[..., None]
-                reg = fr[y:y + s, xx:xx + s].astype(np.float32)
-                fr[y:y + s, xx:xx + s] = np.clip(a * patch + (1 - a) * reg, 0, 255).astype(np.uint8)
-                rec.update(source=scene.name, faces=[{"person": f.person, "box": [y, xx, s, s], "how": "paste",
-                                                      "from": f.pic.name}],
+                paste(fr, f, y, xx, s, grey)
+                rec.update(source=scene.name, photo=scene.src.group,
+                           faces=[{"person": f.person, "box": [y, xx, s, s], "how": "paste", "from": f.pic.name,
+                                   "photo": f.pic.src.group}],
                            face_like=scene.src.kind == "face-like")
             rec["face"] = bool(rec["faces"])
         else:
             win = _scene_crop(scene, rng, cs)
             fr = _cut(scene.img, win, size)
-            rec.update(source=scene.name, face_like=scene.src.kind == "face-like")
+            rec.update(source=scene.name, photo=scene.src.group, face_like=scene.src.kind == "face-like")
         if rng.random() < 0.5:
             fr = fr[:, ::-1].copy()
             for fc in rec["faces"]:
@@ -439,21 +454,54 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
     tfs = tuple(p.get("test_face_scale", [0.5, 0.9]))
     jit = float(p.get("test_jitter", 0.15))
     pos, pos_recs, al, al_recs = [], [], [], []
+    by_src = _by_source(scenes)
+    cs = tuple(p.get("crop_scale", [0.25, 1.0]))
+    min_std, min_edge = float(p.get("min_std", 24.0)), float(p.get("min_edge", 6.0))
+
+    def textured_crop() -> tuple[np.ndarray, Picture]:
+        for _ in range(10000):
+            sid = sorted(by_src)[int(rng.integers(len(by_src)))]
+            pic = by_src[sid][int(rng.integers(len(by_src[sid])))]
+            fr = _cut(pic.img, _scene_crop(pic, rng, cs), size)
+            sd, ed = texture(fr)
+            if sd >= min_std and ed >= min_edge:
+                return fr, pic
+        raise ReproError(f"{split}: no textured scene crop (min_std {min_std}, min_edge {min_edge}); lower them")
+
+    composite = set(p.get("composite", ["orl"]))
     for f in faces:
-        k = 1 if f.person.startswith("orl-") else int(p.get("photo_crops", 6))
+        kind = f.pic.src.id.split("-")[0] if f.pic.src.id.startswith("orl-") else "photo"
+        k = int(p.get("orl_crops", 1)) if kind == "orl" else int(p.get("photo_crops", 6))
         for j in range(k):
-            got = face_window(f.pic.img.shape[:2], f.box, float(rng.uniform(*tfs)), jit, rng)
+            frac = float(rng.uniform(*tfs))
+            if kind in composite:
+                # the face's own frame has no room around it: place it in a textured scene of this split
+                fr, bg = textured_crop()
+                side = min(size)
+                s = max(4, int(round(frac * side)))
+                lim = jit * side
+                c0 = (side - s) / 2.0
+                y = int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[0] - s))
+                x = int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[1] - s))
+                paste(fr, f, y, x, s, grey)
+                pos.append(fr)
+                pos_recs.append({"label": 1, "source": f.pic.name, "kind": "face", "person": f.person,
+                                 "photo": f.pic.src.group, "box": [y, x, s, s], "fraction": round(s / side, 3),
+                                 "how": "composite", "background": bg.name, "background_photo": bg.src.group,
+                                 "face_like": False})
+                continue
+            got = face_window(f.pic.img.shape[:2], f.box, frac, jit, rng)
             if got is None:
                 raise ReproError(f"{f.pic.name}: face box {list(f.box)} does not fit its picture")
-            win, frac = got
+            win, got_frac = got
             pos.append(_cut(f.pic.img, win, size))
             pos_recs.append({"label": 1, "source": f.pic.name, "kind": "face", "person": f.person,
-                             "photo": f.pic.src.group, "box": _box_in(win, f.box, size), "fraction": round(frac, 3),
-                             "face_like": False})
+                             "photo": f.pic.src.group, "box": _box_in(win, f.box, size), "fraction": round(got_frac, 3),
+                             "how": "crop", "face_like": False})
         win = centred_window(f.pic.img.shape[:2], f.box, float(p.get("aligned_fraction", 0.8)))
         al.append(_cut(f.pic.img, win, size))
         al_recs.append({"label": 1, "source": f.pic.name, "kind": "face", "person": f.person,
-                        "photo": f.pic.src.group, "box": _box_in(win, f.box, size), "face_like": False})
+                        "photo": f.pic.src.group, "box": _box_in(win, f.box, size), "how": "crop", "face_like": False})
     neg, neg_recs = [], []
     for pic in facelike:
         for b in pic.src.boxes:
@@ -466,12 +514,7 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
                                  "face_like": True})
     n_neg = int(round(len(pos) * float(p.get("negative_ratio", 1.84))))
     # scene distractors: sources take turns (a video counts once, whatever its frame count)
-    by_src: dict[str, list[Picture]] = {}
-    for pic in scenes:
-        by_src.setdefault(pic.src.id, []).append(pic)
     order = sorted(by_src)
-    cs = tuple(p.get("crop_scale", [0.25, 1.0]))
-    min_std, min_edge = float(p.get("min_std", 24.0)), float(p.get("min_edge", 6.0))
     k, tries = 0, 0
     while len(neg) < n_neg:
         sid = order[k % len(order)]
@@ -494,6 +537,13 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
         recs = pr + neg_recs
         perm = np.random.default_rng([seed, len(name)]).permutation(len(imgs))
         out[name] = (imgs[perm], [dict(recs[i]) for i in perm])
+    return out
+
+
+def _by_source(scenes: list[Picture]) -> dict[str, list[Picture]]:
+    out: dict[str, list[Picture]] = {}
+    for pic in scenes:
+        out.setdefault(pic.src.id, []).append(pic)
     return out
 
 

@@ -79,15 +79,27 @@ def data_record(store: Any) -> dict[str, Any]:
             "count": len(store), "shape": list(store.shape), "fingerprint": store.fingerprint()}
 
 
-def recorded_training_data(run: Path) -> str | None:
-    """The training store a run recorded (``RUN/data.json``), if it still exists."""
+def recorded_training_data(run: Path) -> dict[str, Any] | None:
+    """What ``RUN/data.json`` recorded about the training store, if the store still exists there."""
     import json
 
     try:
-        p = json.loads((Path(run) / "data.json").read_text())["store"]
+        rec = json.loads((Path(run) / "data.json").read_text())
+        ok = isinstance(rec, dict) and (Path(rec["store"]) / "index.json").is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(p) if (Path(p) / "index.json").is_file() else None
+    return rec if ok else None
+
+
+def training_data_of(run: Path, given: str | None, config_data: str) -> tuple[str, str]:
+    """(training store to open, the run's data set name): the store is ``given`` (an option), else what
+    the run recorded, else its config's data; the name, which decides the built-in test split that
+    belongs to the run, is always what the run was trained on."""
+    rec = recorded_training_data(run)
+    name = str(rec.get("name") or config_data) if rec is not None else config_data
+    if given:
+        return given, name
+    return (str(rec["store"]) if rec is not None else config_data), name
 
 
 def _ensure_builtin(session: Session, name: str, root: str, console: Any = None) -> None:
@@ -109,9 +121,10 @@ def training_store(session: Session, name: str, root: str, console: Any = None) 
     return require_store(name, "train", root)
 
 
-def test_set_names(concept: str, train_data: str, data: tuple[str, ...] | list[str]) -> list[str]:
-    """The stores of a concept's test set: ``--data`` if given, else the built-in training set's own
-    labeled splits when it has them for this concept, else the concept's downloadable sets."""
+def test_set_names(concept: str, train_data: str | list[str], data: tuple[str, ...] | list[str]) -> list[str]:
+    """The stores of a concept's test set: ``--data`` if given, else the labeled splits of the first
+    built-in data set among ``train_data`` (the run's training data, then its config's) that has them
+    for this concept, else the concept's downloadable sets."""
     from repro.data.builtin import builtin_manifest
 
     names: list[str] = []
@@ -119,9 +132,10 @@ def test_set_names(concept: str, train_data: str, data: tuple[str, ...] | list[s
         names += [n.strip() for n in d.split(",") if n.strip()]
     if names:
         return names
-    m = builtin_manifest(str(train_data))
-    if m is not None and m.concept == concept:
-        return [m.name]
+    for cand in [train_data] if isinstance(train_data, str) else train_data:
+        m = builtin_manifest(str(cand))
+        if m is not None and m.concept == concept:
+            return [m.name]
     return list(CONCEPT_SETS[concept])
 
 
