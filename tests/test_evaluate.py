@@ -157,6 +157,7 @@ def test_both_linear_filter_readings_match_a_slow_search() -> None:
         lf = ev.LinearFilters(reading, train, 30, 5, seed=3)
         got = ev.linear_filter_baseline(TS(), lf, world(), batch=16)
         best = (-1.0, -1)
+        resps = []
         for k in range(30):
             if reading == "patch":
                 (r, c), P = lf.pos[k], lf.patches[k]
@@ -166,12 +167,24 @@ def test_both_linear_filter_readings_match_a_slow_search() -> None:
                 f = f - f.mean()
                 f = f / np.sqrt((f.astype(np.float64) ** 2).sum())
                 resp = (xs * f).sum(axis=(1, 2, 3))
+            resps.append(resp)
             acc = slow_best(resp[:, None], y)[1]
             if acc > best[0]:
                 best = (acc, k, resp)
         assert got["index"] == best[1] and got["accuracy"] == pytest.approx(best[0]), reading
         assert got["auc"] == pytest.approx(slow_auc(best[2], y), abs=1e-6), reading
         assert got["reading"] == reading and got["filters"] == 30
+        # held out: chosen on one half by the protocol, measured on the other
+        A, B = ev.stratified_halves(y, 0)
+        accs = []
+        for sel, other in ((A, B), (B, A)):
+            pick = (-1.0, -1, 0.0)
+            for k in range(30):
+                j, acc, t = slow_best(resps[k][sel][:, None], y[sel])
+                if acc > pick[0]:
+                    pick = (acc, k, t)
+            accs.append(np.mean((resps[pick[1]][other] >= pick[2]) == y[other]))
+        assert got["held_out"] == pytest.approx(np.mean(accs)), reading
     assert len(set(ev.LinearFilters("image", train, 30, 5, seed=3).idx)) == 30  # no repeats while enough images
 
 

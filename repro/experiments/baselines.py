@@ -28,7 +28,8 @@ import numpy as np
 
 from repro.engine.comm import World
 from repro.errors import ReproError
-from repro.experiments.scoring import N_THRESHOLDS, Scores, auc, threshold_scores
+from repro.experiments.scoring import (N_THRESHOLDS, Scores, accuracy_at, auc, held_out_split,
+                                       stratified_halves, threshold_scores)
 from repro.model.config import NetworkConfig
 from repro.model.network import Network, standardize
 
@@ -123,9 +124,13 @@ class LinearFilters:
 
 
 def linear_filter_baseline(ts: Any, filters: LinearFilters, w: World, batch: int = 256, n: int = N_THRESHOLDS,
-                           progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Best filter under the protocol, with its AUC; filter chunks are shared out over ranks and gathered."""
+                           progress: Callable[[int], None] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Best filter under the protocol, with its AUC, and held out like the best neuron (filter and
+    threshold chosen on one stratified half, measured on the other, both ways). Filter chunks are
+    shared out over ranks and their scores gathered."""
     K = filters.k
+    y = np.asarray(ts.y, bool)
+    A, B = stratified_halves(y, seed)
     chunks = list(range(0, K, FILTER_CHUNK))
     xs = None
     if len(ts) * int(np.prod(ts.shape)) * 4 <= (512 << 20):  # small test sets: standardise once
@@ -135,22 +140,33 @@ def linear_filter_baseline(ts: Any, filters: LinearFilters, w: World, batch: int
         for bi, lo in enumerate(range(0, len(ts), batch)):
             yield xs[bi] if xs is not None else standardize(ts.images(range(lo, min(len(ts), lo + batch))))
 
-    mine: dict[int, Scores] = {}
+    def column(j: int) -> np.ndarray:
+        return np.concatenate([filters.responses(x, slice(j, j + 1))[:, 0] for x in std_batches()])
+
+    mine: dict[int, tuple[Scores, Scores, Scores]] = {}
     for ci, c0 in enumerate(chunks):
         if ci % w.size != w.rank:
             continue
         sl = slice(c0, min(K, c0 + FILTER_CHUNK))
         resp = np.concatenate([filters.responses(x, sl) for x in std_batches()])
-        mine[ci] = threshold_scores(resp, ts.y, n)
+        mine[ci] = (threshold_scores(resp, y, n), threshold_scores(resp[A], y[A], n), threshold_scores(resp[B], y[B], n))
         if progress is not None:
             progress(sl.stop - sl.start)
-    allp: dict[int, Scores] = {}
+    allp: dict[int, tuple[Scores, Scores, Scores]] = {}
     for d in w.allgather(mine):
         allp.update(d)
-    best = Scores.concat([allp[ci] for ci in range(len(chunks))]).best()
-    j = best["index"]
-    col = np.concatenate([filters.responses(x, slice(j, j + 1))[:, 0] for x in std_batches()])
-    best.update({"filters": K, "reading": filters.reading, "auc": auc(col, ts.y), **filters.describe(j)})
+    whole, on_a, on_b = (Scores.concat([allp[ci][k] for ci in range(len(chunks))]) for k in range(3))
+    best = whole.best()
+    best.update({"filters": K, "reading": filters.reading, "auc": auc(column(best["index"]), y),
+                 **filters.describe(best["index"])})
+
+    def choose(sel: np.ndarray) -> tuple[dict[str, Any], Any]:
+        b = (on_a if np.array_equal(sel, A) else on_b).best()  # the same halves as held_out_split draws
+        col = column(b["index"])
+        return b, lambda ev: (accuracy_at(col[ev], y[ev], b["threshold"]), auc(col[ev], y[ev]))
+
+    ho = held_out_split(y, seed, choose)
+    best["held_out"], best["held_out_auc"] = ho["accuracy"], ho["auc"]
     return best
 
 

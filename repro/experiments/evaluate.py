@@ -365,7 +365,7 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
         for reading in opt.linear_readings:
             progress.update(task, advance=1, description=f"linear filters, {reading} reading ({opt.linear_filters})")
             lf = LinearFilters(reading, train_store, opt.linear_filters, cfg.stages[0].filter, opt.seed)
-            linear[reading] = linear_filter_baseline(ts, lf, w, opt.batch)
+            linear[reading] = linear_filter_baseline(ts, lf, w, opt.batch, seed=opt.seed)
         transfer = None
         if transfer_neuron is not None:
             progress.update(task, advance=1, description="transferred neuron")
@@ -441,6 +441,10 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, float | None, float | Non
         ("one-layer network, held out (the same split)", b["one_layer"].get("held_out"),
          b["one_layer"].get("held_out_auc"), None, None),
     ]
+    for key, what in (("linear_filter", "patches"), ("linear_filter_image", "whole images")):
+        if key in b and "held_out" in b[key]:
+            rows.append((f"best linear filter ({what}), held out (the same split)", b[key]["held_out"],
+                         b[key].get("held_out_auc"), None, None))
     if "transfer" in r:
         t = r["transfer"]
         where = ", ".join(t["chosen_on"].get("names", [])) or Path(t["source"]).name
