@@ -114,6 +114,26 @@ def test_best_neuron_and_invariance_one_and_two_ranks(evaluated_run, tmp_path) -
     for f in ("scale", "translation", "rotation"):
         assert (run / f"invariance-{f}.png").read_bytes()[:4] == b"\x89PNG"
     assert not (run / "invariance-3d-rotation.png").exists()
+    # the reference is the random network's best neuron (evaluate's, same seed and test set); thresholds drawn
+    rn = ev["baselines"]["random_network"]
+    assert iv["random_neuron"]["index"] == rn["index"] and iv["random_threshold"] == pytest.approx(rn["threshold"])
+    assert iv["threshold"] == ev["best_neuron"]["threshold"]
+    c = iv["curves"]["scale"]
+    for net in ("trained", "random"):
+        per = np.asarray(c[net]["per_face"])
+        t = iv["threshold"] if net == "trained" else iv["random_threshold"]
+        np.testing.assert_allclose(c[net]["above_threshold"], (per >= t).mean(axis=1))
+        np.testing.assert_allclose(c[net]["q25"], np.percentile(per, 25, axis=1))
+    r = invoke("visualize", "invariance", "--checkpoint", str(run), "--root", str(root), "--format", "pdf",
+               "--dpi", "72", "--faces", "3")
+    assert r.exit_code == 0, r.output
+    assert (run / "invariance-scale.pdf").read_bytes()[:4] == b"%PDF"
+    r = invoke("visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), "--iters", "2",
+               "--format", "svg")
+    assert r.exit_code == 0 and (run / "best-neuron-top48.svg").exists() and (run / "best-neuron-stimulus.svg").exists()
+    r = invoke("visualize", "invariance", "--checkpoint", str(run), "--root", str(root))  # back to the defaults
+    assert r.exit_code == 0, r.output
+    iv = json.loads((run / "invariance.json").read_text())
 
     # 2 ranks: the same neuron, images and curves (to round-off)
     one_b, one_i = dict(b), dict(iv)

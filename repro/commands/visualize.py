@@ -84,14 +84,14 @@ def neuron_options(f: Any) -> Any:
 
 
 def _setup(obj: Any, run: str, config_name: Any, concept: str, layer: Any, sublayer: Any, index: Any, data: Any,
-           split: Any, root: str) -> tuple[Any, Any, Any, Any, Console]:
+           split: Any, root: str) -> tuple[Any, Any, Any, Any, Console, Any]:
     from repro.experiments.visualize import resolve_neuron
 
     console = Console(stderr=True)
     session, net = open_run(obj.device, run, config_name)
-    neuron, _ = resolve_neuron(net.cfg, session.run, concept, layer, sublayer, index)
+    neuron, ev = resolve_neuron(net.cfg, session.run, concept, layer, sublayer, index)
     store = open_test_set(session, net.cfg, concept, data, root, split)
-    return session, net, neuron, store, console
+    return session, net, neuron, store, console, ev
 
 
 @click.group("visualize")
@@ -110,8 +110,8 @@ def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, sp
     """The 48 test images that excite the neuron most, and its optimal stimulus (||x||_2 = 1)."""
     from repro.experiments.visualize import best_neuron as run_best
 
-    session, net, neuron, store, _ = _setup(obj, run, config_name, concept, layer, sublayer, index, data, split,
-                                            root)
+    session, net, neuron, store, _, _ = _setup(obj, run, config_name, concept, layer, sublayer, index, data, split,
+                                               root)
     s = run_best(session, net, store, neuron, iters=iters, seed=seed, k=k, dpi=dpi,
                  formats=tuple(dict.fromkeys(formats)))
     if session.w.is_root:
@@ -129,19 +129,25 @@ def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, sp
 @click.option("--faces", type=click.IntRange(1), default=10, show_default=True, help="Test faces to transform.")
 @click.option("--rotating", default="rotating-faces", show_default=True,
               help="Rotating-face set for out-of-plane rotation (used when prepared; see data_manifests/rotating-faces.toml).")
+@figure_options
 @click.pass_obj
 def invariance(obj, run, config_name, concept, layer, sublayer, index, data, split, root, seed, faces,  # noqa: ANN001
-               rotating) -> None:
+               rotating, dpi, formats) -> None:
     """Mean response to test faces under scaling, translation and rotation, vs a random network."""
     from repro.experiments.invariance import ANGLE_RE, invariance as run_inv
 
-    session, net, neuron, store, console = _setup(obj, run, config_name, concept, layer, sublayer, index, data,
-                                                  split, root)
+    session, net, neuron, store, console, ev = _setup(obj, run, config_name, concept, layer, sublayer, index, data,
+                                                      split, root)
+    b = (ev or {}).get("best_neuron", {})
+    same = (b.get("layer"), b.get("sublayer"), b.get("index")) == (neuron.layer, neuron.sublayer, neuron.index)
+    same = same and not data and split is None  # its threshold was chosen on the evaluation's test set
     rot, pattern = _rotating_set(rotating, root)
     if rot is None and session.w.is_root:
         console.print(f"out-of-plane rotation skipped: no prepared rotating-face set {rotating!r} "
                       f"(`repro data prepare {rotating} --from FOLDER`)")
-    r = run_inv(session, net, store, neuron, seed=seed, faces=faces, rotating=rot, angle_pattern=pattern or ANGLE_RE)
+    r = run_inv(session, net, store, neuron, seed=seed, faces=faces, rotating=rot, angle_pattern=pattern or ANGLE_RE,
+                threshold=float(b["threshold"]) if same and "threshold" in b else None, dpi=dpi,
+                formats=tuple(dict.fromkeys(formats)))
     if session.w.is_root:
         c = r["curves"]
         def spread(kind: str) -> str:

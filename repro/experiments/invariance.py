@@ -13,12 +13,16 @@ time, and the neuron's mean response over the ten is recorded per parameter valu
 * out-of-plane (3-D) rotation, only when a rotating-face set is prepared (manifest
   ``rotating-faces``: each image's yaw angle is read from its file name, see that manifest).
 
-Reference curve: the same neuron index of a network with random weights (same config, seed
-``--seed``): Le et al. contrast their neuron with random filters, and Coates et al. report that a
-random net scores no better than guessing. Plots show each curve *relative to its response to the
-untransformed faces* (parameter = identity -> 1.0), so the trained and random networks share one
-axis; the 3-D plot is relative to the curve's maximum (no identity pose there). The JSON keeps
-every raw mean and per-face response.
+Reference: the *best* neuron of a network with random weights (same config and sublayer, seed
+``--seed``, chosen on the same test set by the same protocol), not an arbitrary index: Le et al.
+contrast their neuron with random filters, and a fair reference is the random net's best shot.
+
+Each plot has two panels. Left: the absolute mean response with the spread over the faces (the
+middle half, 25th to 75th percentile) and each neuron's threshold as a dashed line, so one sees
+whether the transformed faces would still be called faces. Right: each curve relative to its
+response to the untransformed faces (identity -> 1.0; 3-D rotation: relative to the curve's
+maximum). The JSON keeps every raw mean, per-face response and the fraction of faces at or above
+the threshold per parameter value.
 """
 from __future__ import annotations
 
@@ -85,9 +89,10 @@ def pick_faces(labels: np.ndarray, n: int, seed: int, where: str) -> np.ndarray:
     return np.sort(rng.choice(pos, size=min(n, len(pos)), replace=False))
 
 
-def curves(nets: dict[str, Any], faces: np.ndarray, neuron: Neuron, ranges: dict[str, np.ndarray]
-           ) -> dict[str, Any]:
-    """Per transform and network: per-face responses (values x faces) and their mean per value."""
+def curves(nets: dict[str, Any], faces: np.ndarray, neurons: dict[str, Neuron], ranges: dict[str, np.ndarray],
+           thresholds: dict[str, float | None]) -> dict[str, Any]:
+    """Per transform and network: per-face responses (values x faces), their mean, quartiles, and the
+    fraction of faces at or above that network's threshold, per parameter value."""
     batches, spans, lo = [], {}, 0
     for kind, vals in ranges.items():
         for v in vals:
@@ -95,7 +100,7 @@ def curves(nets: dict[str, Any], faces: np.ndarray, neuron: Neuron, ranges: dict
         spans[kind] = (lo, lo + len(vals) * len(faces))
         lo = spans[kind][1]
     allx = np.concatenate(batches)
-    resp = {name: neuron_responses(net, allx, neuron) for name, net in nets.items()}
+    resp = {name: neuron_responses(net, allx, neurons[name]) for name, net in nets.items()}
     out: dict[str, Any] = {}
     for kind, vals in ranges.items():
         a, b = spans[kind]
@@ -105,7 +110,11 @@ def curves(nets: dict[str, Any], faces: np.ndarray, neuron: Neuron, ranges: dict
             per = resp[name][a:b].reshape(len(vals), len(faces))
             mean = per.mean(axis=1)
             entry[name] = {"mean": mean.tolist(), "per_face": per.tolist(),
+                           "q25": np.percentile(per, 25, axis=1).tolist(), "q75": np.percentile(per, 75, axis=1).tolist(),
                            "relative": relative(mean, mean[ident]).tolist()}
+            t = thresholds.get(name)
+            if t is not None:
+                entry[name]["above_threshold"] = (per >= t).mean(axis=1).tolist()
         out[kind] = entry
     return out
 
@@ -132,7 +141,7 @@ def angles_of(store: Any, pattern: str = ANGLE_RE) -> np.ndarray:
     return np.asarray(out)
 
 
-def rotation_3d(nets: dict[str, Any], store: Any, neuron: Neuron, cfg: Any, pattern: str = ANGLE_RE
+def rotation_3d(nets: dict[str, Any], store: Any, neurons: dict[str, Neuron], cfg: Any, pattern: str = ANGLE_RE
                 ) -> dict[str, Any]:
     """Mean response per yaw angle over every image of the rotating-face set at that angle."""
     from repro.data.loader import to_float
@@ -144,9 +153,11 @@ def rotation_3d(nets: dict[str, Any], store: Any, neuron: Neuron, cfg: Any, patt
     entry: dict[str, Any] = {"values": vals.tolist(), "images": len(store), "set": str(store.path),
                              "count": [int((ang == v).sum()) for v in vals]}
     for name, net in nets.items():
-        r = neuron_responses(net, x, neuron)
+        r = neuron_responses(net, x, neurons[name])
         mean = np.array([r[ang == v].mean() for v in vals])
-        entry[name] = {"mean": mean.tolist(), "relative": relative(mean, float(mean.max())).tolist()}
+        entry[name] = {"mean": mean.tolist(), "relative": relative(mean, float(mean.max())).tolist(),
+                       "q25": [float(np.percentile(r[ang == v], 25)) for v in vals],
+                       "q75": [float(np.percentile(r[ang == v], 75)) for v in vals]}
     return entry
 
 
@@ -157,54 +168,92 @@ TITLES = {"scale": ("Scale invariance", "scale factor"),
           "3d-rotation": ("Out-of-plane (3-D) rotation invariance", "yaw (degrees)")}
 
 
-def plot(path: Any, kind: str, series: list[tuple[str, list[float], list[float], str]], neuron: Neuron) -> Any:
-    """One invariance plot: each series is (label, x, y, style)."""
+LABELS = {"trained": "best neuron", "random": "random network's best neuron"}
+STYLES = {"trained": ("tab:red", "o-"), "random": ("tab:blue", "s--")}
+
+
+def plot(path: Any, kind: str, entries: list[tuple[str, dict[str, Any]]], neurons: dict[str, Neuron],
+         thresholds: dict[str, float | None], dpi: int = 150) -> Any:
+    """One invariance figure: absolute responses with the faces' spread and the thresholds (left),
+    the same relative to the untransformed faces (right). ``entries``: (label suffix, curve entry)."""
     title, xlabel = TITLES[kind]
-    fig = figure((5.0, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    for label, xs, ys, style in series:
-        ax.plot(xs, ys, style, label=label, markersize=3)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("mean response (relative)" if kind != "3d-rotation" else "mean response / max")
-    ax.set_title(f"{title}\n{neuron.label()}", fontsize=8)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    fig = figure((10.0, 4.0), dpi)
+    ax_abs, ax_rel = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for suffix, e in entries:
+        xs = e["values"]
+        for name in ("trained", "random"):
+            if name not in e:
+                continue
+            colour, style = STYLES[name]
+            if suffix:
+                style = style[0] + (":" if "vertical" in suffix else style[1:])
+            label = LABELS[name] + (f", {suffix}" if suffix else "")
+            ax_abs.plot(xs, e[name]["mean"], style, color=colour, label=label, markersize=3)
+            if "q25" in e[name]:
+                ax_abs.fill_between(xs, e[name]["q25"], e[name]["q75"], color=colour, alpha=0.12, linewidth=0)
+            ax_rel.plot(xs, e[name]["relative"], style, color=colour, label=label, markersize=3)
+    for name, t in thresholds.items():
+        if t is not None:
+            ax_abs.axhline(t, color=STYLES[name][0], linestyle="--", linewidth=0.8, alpha=0.8)
+    ax_abs.set_title("mean response (band: middle half of the faces; dashed: threshold)", fontsize=9)
+    ax_rel.set_title("relative to the untransformed faces" if kind != "3d-rotation" else "relative to the maximum",
+                     fontsize=9)
+    for ax in (ax_abs, ax_rel):
+        ax.set_xlabel(xlabel, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=9)
+    ax_abs.set_ylabel("activation", fontsize=10)
+    ax_rel.set_ylabel("relative response", fontsize=10)
+    ax_rel.legend(fontsize=8)
+    fig.suptitle(f"{title}: {neurons['trained'].label()}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def write_plots(run: Any, result: dict[str, Any], neuron: Neuron) -> list[str]:
+def write_plots(run: Any, result: dict[str, Any], neurons: dict[str, Neuron], thresholds: dict[str, float | None],
+                dpi: int = 150, formats: tuple[str, ...] = ("png",)) -> list[str]:
     c = result["curves"]
     files = []
-    for kind in ("scale", "rotation"):
-        e = c[kind]
-        plot(run / f"invariance-{kind}.png", kind,
-             [("best neuron", e["values"], e["trained"]["relative"], "o-"),
-              ("random network, same neuron", e["values"], e["random"]["relative"], "s--")], neuron)
-        files.append(f"invariance-{kind}.png")
-    ex, ey = c["translation_x"], c["translation_y"]
-    plot(run / "invariance-translation.png", "translation",
-         [("best neuron, horizontal", ex["values"], ex["trained"]["relative"], "o-"),
-          ("best neuron, vertical", ey["values"], ey["trained"]["relative"], "^-"),
-          ("random net, horizontal", ex["values"], ex["random"]["relative"], "s--"),
-          ("random net, vertical", ey["values"], ey["random"]["relative"], "v--")], neuron)
-    files.append("invariance-translation.png")
-    if "rotation_3d" in c:
-        e = c["rotation_3d"]
-        plot(run / "invariance-3d-rotation.png", "3d-rotation",
-             [("best neuron", e["values"], e["trained"]["relative"], "o-"),
-              ("random network, same neuron", e["values"], e["random"]["relative"], "s--")], neuron)
-        files.append("invariance-3d-rotation.png")
+    for fmt in formats:
+        for kind in ("scale", "rotation"):
+            plot(run / f"invariance-{kind}.{fmt}", kind, [("", c[kind])], neurons, thresholds, dpi)
+            files.append(f"invariance-{kind}.{fmt}")
+        plot(run / f"invariance-translation.{fmt}", "translation",
+             [("horizontal", c["translation_x"]), ("vertical", c["translation_y"])], neurons, thresholds, dpi)
+        files.append(f"invariance-translation.{fmt}")
+        if "rotation_3d" in c:
+            plot(run / f"invariance-3d-rotation.{fmt}", "3d-rotation", [("", c["rotation_3d"])], neurons, thresholds, dpi)
+            files.append(f"invariance-3d-rotation.{fmt}")
     return files
+
+
+def best_of(net: Any, ts: Any, neuron: Neuron) -> tuple[Neuron, float]:
+    """The protocol's best neuron of ``net`` in the neuron's stage and sublayer on ``ts``, and its threshold."""
+    from repro.experiments.evaluate import distributed_best, rank_features, unit_of
+
+    F = rank_features(net, ts, neuron.layer, neuron.sublayer)
+    b = distributed_best(net.w, F.F, F.index, ts.y)[0]
+    unit = tuple(unit_of(net.cfg, neuron.layer, neuron.sublayer, b["index"]))
+    return Neuron(neuron.layer, neuron.sublayer, b["index"], unit), float(b["threshold"])  # type: ignore[arg-type]
+
+
+def threshold_of(net: Any, ts: Any, neuron: Neuron) -> float:
+    """The protocol's threshold of one neuron on ``ts`` (its best of 20)."""
+    from repro.experiments.scoring import best_neuron
+
+    acts = neuron_responses(net, ts.images(np.arange(len(ts))), neuron)
+    return float(best_neuron(acts[:, None], ts.y)["threshold"])
 
 
 # ------------------------------------------------------------------ the step
 def invariance(session: Any, net: Any, ts: Any, neuron: Neuron, seed: int = 0, faces: int = 10,
-               rotating: Any = None, angle_pattern: str = ANGLE_RE) -> dict[str, Any]:
-    """Curves of the trained neuron and a random-network reference; rank 0 writes JSON and PNGs.
+               rotating: Any = None, angle_pattern: str = ANGLE_RE, threshold: float | None = None,
+               dpi: int = 150, formats: tuple[str, ...] = ("png",)) -> dict[str, Any]:
+    """Curves of the trained neuron and of the random network's best neuron; rank 0 writes JSON and figures.
 
     ``ts`` is a :class:`repro.experiments.evaluate.TestSet`; ``rotating`` an optional store of
-    rotating faces (angle in each source file name).
+    rotating faces (angle in each source file name); ``threshold`` the trained neuron's (from its
+    evaluation; else found on ``ts`` by the protocol).
     """
     from repro.model.network import Network
 
@@ -213,20 +262,26 @@ def invariance(session: Any, net: Any, ts: Any, neuron: Neuron, seed: int = 0, f
     x = ts.images(idx)
     random_net = Network.create(net.cfg, seed=seed, xp=net.xp, w=net.w)
     nets = {"trained": net, "random": random_net}
+    rneuron, rthreshold = best_of(random_net, ts, neuron)
+    neurons = {"trained": neuron, "random": rneuron}
+    thresholds = {"trained": threshold if threshold is not None else threshold_of(net, ts, neuron),
+                  "random": rthreshold}
     ranges = parameter_ranges(tuple(net.cfg.input_size))
     result: dict[str, Any] = {
-        "neuron": neuron_dict(neuron),
+        "neuron": neuron_dict(neuron), "threshold": thresholds["trained"],
+        "random_neuron": neuron_dict(rneuron), "random_threshold": rthreshold,
         "test_set": test_set_name(ts), "faces": idx.tolist(), "seed": seed,
-        "reference": f"same neuron of a random-weights network of config {net.cfg.name!r} (seed {seed})",
+        "reference": f"the best neuron (same stage and sublayer, chosen on the same test set) of a random-weights "
+                     f"network of config {net.cfg.name!r} (seed {seed})",
         "normalisation": "relative = mean response / mean response to the untransformed faces "
-                         "(3-D rotation: / the curve's maximum); mean and per_face are raw",
+                         "(3-D rotation: / the curve's maximum); mean, q25, q75 and per_face are raw activations",
         "border": "BORDER_REPLICATE, bilinear (cv2.warpAffine)",
-        "curves": curves(nets, x, neuron, ranges),
+        "curves": curves(nets, x, neurons, ranges, thresholds),
         "ranks": session.w.size, "device": session.backend.name,
     }
     if rotating is not None:
-        result["curves"]["rotation_3d"] = rotation_3d(nets, rotating, neuron, net.cfg, angle_pattern)
-    files = write_plots(session.run, result, neuron) if session.w.is_root else []
+        result["curves"]["rotation_3d"] = rotation_3d(nets, rotating, neurons, net.cfg, angle_pattern)
+    files = write_plots(session.run, result, neurons, thresholds, dpi, formats) if session.w.is_root else []
     result["files"] = files or None
     session.write_json("invariance.json", result)
     return result
