@@ -49,6 +49,8 @@ def _train_people_and_photos(st) -> tuple[set, set]:
         for f in r["faces"]:
             people.add(f["person"])
             photos.add(f["photo"])
+        for o in r.get("objects", []):
+            photos.add(o["photo"])
     return people, photos
 
 
@@ -93,6 +95,11 @@ def test_counts_flags_and_boxes(built) -> None:
         assert min(r["std"] for r in scenes) >= p["min_std"] and min(r["edge"] for r in scenes) >= p["min_edge"]
         faces = [r for r in recs if r["label"] == 1]
         assert {r["how"] for r in faces} == {"crop", "composite"}
+        # as large a share of distractors as of faces is composited: a pasted disc tells nothing
+        share = lambda rs: np.mean([r.get("how") == "composite" for r in rs])  # noqa: E731
+        assert abs(share(faces) - share([r for r in recs if r["label"] == 0])) < 0.02
+        aligned = list(s[f"{k}-aligned"].records)
+        assert not any(r.get("how") == "composite" for r in aligned)
         fr = np.asarray([r["fraction"] for r in faces])
         assert fr.min() >= p["test_face_scale"][0] - 0.05 and fr.max() <= p["test_face_scale"][1] + 0.05
         assert np.ptp(fr) > 0.25  # non-aligned: the face size varies
@@ -105,6 +112,8 @@ def test_counts_flags_and_boxes(built) -> None:
             t, l, h, w = f["box"]
             assert t >= -1 and l >= -1 and t + h <= H + 1 and l + w <= W + 1, f
     assert {f["how"] for r in with_face for f in r["faces"]} == {"crop", "paste"}
+    objects = [r for r in train if r.get("objects")]
+    assert abs(len(objects) / len(train) - p["object_fraction"]) < 0.02 and not any(r["face"] for r in objects)
 
 
 def test_val_and_test_do_not_depend_on_the_training_frames(built, tmp_path) -> None:

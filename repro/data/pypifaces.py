@@ -358,22 +358,28 @@ def texture(img: np.ndarray) -> tuple[float, float]:
 
 
 def _ellipse(s: int) -> np.ndarray:
+    """Opacity of a pasted face: an ellipse over the padded box, opaque inside, fading at its rim
+    (wide enough that the face itself is never see-through, soft enough to leave no hard edge)."""
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     c = (s - 1) / 2.0
-    r = ((yy - c) / (0.5 * s)) ** 2 + ((xx - c) / (0.42 * s)) ** 2
-    return np.clip((1.0 - r) / 0.25, 0.0, 1.0)  # soft edge over the outer quarter
+    r = ((yy - c) / (0.5 * s)) ** 2 + ((xx - c) / (0.46 * s)) ** 2
+    return np.clip((1.0 - r) / 0.12, 0.0, 1.0)
 
 
-def paste(frame: np.ndarray, f: Face, y: int, x: int, s: int, grey: bool) -> None:
-    """Blend the face (its box and a tenth more, where the picture has it) into ``frame`` as an
-    ``s`` x ``s`` square at (y, x), through a soft ellipse, in place."""
-    t, l, bh, bw = f.box
-    pad = int(0.1 * max(bh, bw)) if f.surroundings else 0
-    H0, W0 = f.pic.img.shape[:2]
-    patch = _resize(f.pic.img[max(0, t - pad):min(H0, t + bh + pad), max(0, l - pad):min(W0, l + bw + pad)], (s, s))
+def blend(frame: np.ndarray, patch: np.ndarray, y: int, x: int, s: int, grey: bool) -> None:
+    """Blend ``patch`` into ``frame`` as an ``s`` x ``s`` square at (y, x) through a soft ellipse, in place."""
+    patch = _resize(patch, (s, s))
     a = _ellipse(s) if grey else _ellipse(s)[..., None]
     reg = frame[y:y + s, x:x + s].astype(np.float32)
     frame[y:y + s, x:x + s] = np.clip(a * patch + (1 - a) * reg, 0, 255).astype(np.uint8)
+
+
+def paste(frame: np.ndarray, f: Face, y: int, x: int, s: int, grey: bool) -> None:
+    """Blend the face (its box and a tenth more, where the picture has it) into ``frame``."""
+    t, l, bh, bw = f.box
+    pad = int(0.1 * max(bh, bw)) if f.surroundings else 0
+    H0, W0 = f.pic.img.shape[:2]
+    blend(frame, f.pic.img[max(0, t - pad):min(H0, t + bh + pad), max(0, l - pad):min(W0, l + bw + pad)], y, x, s, grey)
 
 
 # ------------------------------------------------------------------ training frames
@@ -399,6 +405,7 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
     rng = np.random.default_rng(seed)
     n = int(p.get("frames", 20000))
     ff, pf = float(p.get("face_fraction", 0.3)), float(p.get("paste_fraction", 0.0))
+    of = float(p.get("object_fraction", 0.0))
     fs, cs = tuple(p.get("face_scale", [0.3, 0.9])), tuple(p.get("crop_scale", [0.25, 1.0]))
     shape = size if grey else (*size, 3)
     x = np.empty((n, *shape), np.uint8)
@@ -433,9 +440,16 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
             win = _scene_crop(scene, rng, cs)
             fr = _cut(scene.img, win, size)
             rec.update(source=scene.name, photo=scene.src.group, face_like=scene.src.kind == "face-like")
+            if rng.random() < of / max(1e-9, 1.0 - ff):  # a non-face pasted like a face: pasting is no face cue
+                other = scenes[int(rng.integers(len(scenes)))]
+                y0, x0, side = _scene_crop(other, rng, cs)
+                s = max(4, int(round(float(rng.uniform(*fs)) * min(size))))
+                y, xx = int(rng.integers(0, size[0] - s + 1)), int(rng.integers(0, size[1] - s + 1))
+                blend(fr, other.img[y0:y0 + side, x0:x0 + side], y, xx, s, grey)
+                rec["objects"] = [{"box": [y, xx, s, s], "how": "paste", "from": other.name, "photo": other.src.group}]
         if rng.random() < 0.5:
             fr = fr[:, ::-1].copy()
-            for fc in rec["faces"]:
+            for fc in rec["faces"] + rec.get("objects", []):
                 fc["box"][1] = size[1] - fc["box"][1] - fc["box"][3]
         c, b = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
         mu = fr.mean()
@@ -512,31 +526,58 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
                 neg.append(_cut(pic.img, got[0], size))
                 neg_recs.append({"label": 0, "source": pic.name, "kind": "face-like", "photo": pic.src.group,
                                  "face_like": True})
-    n_neg = int(round(len(pos) * float(p.get("negative_ratio", 1.84))))
-    # scene distractors: sources take turns (a video counts once, whatever its frame count)
-    order = sorted(by_src)
-    k, tries = 0, 0
-    while len(neg) < n_neg:
-        sid = order[k % len(order)]
-        pic = by_src[sid][int(rng.integers(len(by_src[sid])))]
-        fr = _cut(pic.img, _scene_crop(pic, rng, cs), size)
-        tries += 1
-        if tries > 200 * max(1, n_neg):
-            raise ReproError(f"{split}: cannot find {n_neg} textured distractor crops (min_std {min_std}, "
-                             f"min_edge {min_edge}); lower them in the manifest")
-        sd, ed = texture(fr)
-        if sd < min_std or ed < min_edge:
-            continue
-        neg.append(fr)
-        neg_recs.append({"label": 0, "source": pic.name, "kind": "scene", "photo": pic.src.group,
-                         "face_like": False, "std": round(sd, 1), "edge": round(ed, 1)})
-        k += 1
+    ratio = float(p.get("negative_ratio", 1.84))
+    n_neg = int(round(len(pos) * ratio))
+    # as many distractors are composited as faces are (a pasted disc must tell nothing): a crop of one of
+    # this split's scenes placed, at the faces' scales and offsets, into a crop of another
+    n_comp = sum(r["how"] == "composite" for r in pos_recs)
+    pasted, pasted_recs = [], []
+    if bool(p.get("composite_negatives", True)):
+        for _ in range(int(round(n_neg * n_comp / max(1, len(pos))))):
+            fr, bg = textured_crop()
+            patch, src = textured_crop()
+            side = min(size)
+            s = max(4, int(round(float(rng.uniform(*tfs)) * side)))
+            lim = jit * side
+            c0 = (side - s) / 2.0
+            y = int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[0] - s))
+            x = int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[1] - s))
+            blend(fr, patch, y, x, s, grey)
+            pasted.append(fr)
+            pasted_recs.append({"label": 0, "source": src.name, "kind": "pasted-scene", "how": "composite",
+                                "photo": src.src.group, "background": bg.name, "background_photo": bg.src.group,
+                                "box": [y, x, s, s], "fraction": round(s / side, 3), "face_like": False})
+
+    def scene_crops(n: int) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        """Textured scene crops; sources take turns (a video counts once, whatever its frame count)."""
+        order = sorted(by_src)
+        xs, rs, k, tries = [], [], 0, 0
+        while len(xs) < n:
+            sid = order[k % len(order)]
+            pic = by_src[sid][int(rng.integers(len(by_src[sid])))]
+            fr = _cut(pic.img, _scene_crop(pic, rng, cs), size)
+            tries += 1
+            if tries > 200 * max(1, n):
+                raise ReproError(f"{split}: cannot find {n} textured distractor crops (min_std {min_std}, "
+                                 f"min_edge {min_edge}); lower them in the manifest")
+            sd, ed = texture(fr)
+            if sd < min_std or ed < min_edge:
+                continue
+            xs.append(fr)
+            rs.append({"label": 0, "source": pic.name, "kind": "scene", "photo": pic.src.group,
+                       "face_like": False, "std": round(sd, 1), "edge": round(ed, 1)})
+            k += 1
+        return xs, rs
+
+    sx, sr = scene_crops(max(0, n_neg - len(neg) - len(pasted)))
+    # the aligned variant has no composited faces, hence no composited distractors: its own scene crops
+    ax, ar = scene_crops(max(0, int(round(len(al) * ratio)) - len(neg)))
     out = {}
-    for name, px, pr in ((split, pos, pos_recs), (f"{split}-aligned", al, al_recs)):
-        imgs = np.stack(px + neg)
-        recs = pr + neg_recs
+    for name, px, pr in ((split, pos + neg + pasted + sx, pos_recs + neg_recs + pasted_recs + sr),
+                         (f"{split}-aligned", al + neg + ax, al_recs + neg_recs + ar)):
+        imgs = np.stack(px)
         perm = np.random.default_rng([seed, len(name)]).permutation(len(imgs))
-        out[name] = (imgs[perm], [dict(recs[i]) for i in perm])
+        out[name] = (imgs[perm], [dict(pr[i]) for i in perm])
     return out
 
 
@@ -602,10 +643,9 @@ def prepare(m: Manifest, root: Path, force: bool = False, seed: int | None = Non
         if not is_complete(out / s):
             return False
         old = open_store(out / s).index.get("params", {})
-        if s == "train":
-            return old == params
-        # val/test do not depend on the training knobs: compare without them
-        keep = lambda d: {k: v for k, v in d.items() if k not in TRAIN_KNOBS}  # noqa: E731
+        # the training frames ignore the val/test knobs and val/test ignore the training knobs
+        skip = VAL_KNOBS if s == "train" else TRAIN_KNOBS
+        keep = lambda d: {k: v for k, v in d.items() if k not in skip}  # noqa: E731
         return keep(old) == keep(params)
 
     todo = [s for s in splits if force or not same(s)]
@@ -624,5 +664,8 @@ def prepare(m: Manifest, root: Path, force: bool = False, seed: int | None = Non
     return sorted(summaries, key=lambda d: splits.index(d["split"]))
 
 
-# the knobs that change only the training frames (val/test stores ignore them when deciding to rebuild)
-TRAIN_KNOBS = ("seed", "frames", "face_fraction", "face_scale", "paste_fraction", "shard_size")
+# the knobs that change only the training frames, and those that change only val/test: a store is
+# rebuilt only when a knob it depends on changes
+TRAIN_KNOBS = ("seed", "frames", "face_fraction", "face_scale", "paste_fraction", "object_fraction", "shard_size")
+VAL_KNOBS = ("split_seed", "test_face_scale", "test_jitter", "photo_crops", "orl_crops", "facelike_crops",
+             "negative_ratio", "min_std", "min_edge", "aligned_fraction", "composite", "composite_negatives")
