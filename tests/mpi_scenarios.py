@@ -32,6 +32,11 @@ SMALL = {
 }
 
 
+# the same network with input contrast normalisation and every window reconstructing itself
+WINDOW = {**SMALL, "name": "small-window", "input": {**SMALL["input"], "lcn": 3, "lcn_sigma": 1.0, "lcn_eps": 0.5},
+          "rica": {**SMALL["rica"], "reconstruct": "window"}}
+
+
 def images(b: int = 4, seed: int = 7) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((b, 2, 14, 13)).astype(np.float32)
 
@@ -84,9 +89,9 @@ def scenario_distarray_gpu() -> dict[str, np.ndarray]:
     return {"fetch_ok": np.array([f for f, _ in flags]), "adjoint_ok": np.array([a for _, a in flags])}
 
 
-def scenario_network() -> dict[str, np.ndarray]:
+def scenario_network(variant: str = "image") -> dict[str, np.ndarray]:
     """Forward, layer-wise and joint losses/gradients, and a few training steps."""
-    cfg = from_dict(SMALL)
+    cfg = from_dict(WINDOW if variant == "window" else SMALL)
     net = Network.create(cfg, seed=3)
     x = images()
     out: dict[str, np.ndarray] = {}

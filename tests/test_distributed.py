@@ -40,6 +40,18 @@ def test_network_distributed_equals_serial(n, overlap, tmp_path, serial_network)
         np.testing.assert_allclose(r[k], v, rtol=2e-4, atol=2e-5, err_msg=f"{k} on {n} ranks")
 
 
+@pytest.mark.parametrize("n", RANKS)
+def test_window_reconstruction_and_input_lcn_distributed_equals_serial(n, tmp_path):
+    """Window-by-window reconstruction and the input's contrast normalisation, on any rank count."""
+    serial = S.scenario_network("window")
+    out = tmp_path / "r.npz"
+    run_mpi(n, [SCRIPT, "network", str(out), "window"])
+    r = np.load(out)
+    assert set(r.files) == set(serial)
+    for k, v in serial.items():
+        np.testing.assert_allclose(r[k], v, rtol=2e-4, atol=2e-5, err_msg=f"{k} on {n} ranks")
+
+
 @pytest.mark.parametrize("write_n,read_n", [(4, 1), (1, 3), (6, 4), (2, 2)])
 def test_checkpoint_written_on_n_loads_on_m(write_n, read_n, tmp_path):
     ck = tmp_path / "ck"

@@ -589,3 +589,30 @@ def test_lc_cpu_kernels_with_tiled_layout_moves(case, dtype, monkeypatch):
                                rtol=tol, atol=tol)
     np.testing.assert_allclose(lc_backward_weights(x, dy, s, k), ref_lc_backward_weights(x64, dy64, s, k),
                                rtol=tol, atol=tol)
+
+
+def test_lcn_same_size_mirrors_the_border_and_its_gradient():
+    """The input's LCN keeps the size: a mirrored border, then the valid LCN; its backward is exact."""
+    from repro.engine.kernels import lcn_backward, lcn_forward, lcn_same_backward, lcn_same_forward
+    from repro.engine.kernels.lcn import _pad_reflect, _pad_reflect_adjoint
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 9, 8))
+    for r in (1, 2, 3):
+        g = rng.standard_normal((2, 3, 9 + 2 * r, 8 + 2 * r))
+        assert (_pad_reflect(x, r) * g).sum() == pytest.approx((x * _pad_reflect_adjoint(g, r)).sum(), rel=1e-12)
+    np.testing.assert_array_equal(_pad_reflect(x, 2), np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect"))
+    y = lcn_same_forward(x, 5, 1.2, 0.3)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y, lcn_forward(_pad_reflect(x, 2), 5, 1.2, 0.3))
+    d = rng.standard_normal(y.shape)
+    got = lcn_same_backward(d, x, 5, 1.2, 0.3)
+    for idx in ((0, 0, 0, 0), (1, 2, 8, 7), (0, 1, 4, 1), (1, 0, 1, 6)):
+        xp_, xm = x.copy(), x.copy()
+        xp_[idx] += 1e-6
+        xm[idx] -= 1e-6
+        fd = ((lcn_same_forward(xp_, 5, 1.2, 0.3) - lcn_same_forward(xm, 5, 1.2, 0.3)) * d).sum() / 2e-6
+        assert got[idx] == pytest.approx(fd, rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError):
+        lcn_same_forward(x, 17, 1.0, 0.1)
+    assert lcn_backward is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpi_scenarios import SMALL, images
+from mpi_scenarios import SMALL, WINDOW, images
 from repro.errors import ReproError
 from repro.model.config import from_dict, load_config
 from repro.model.network import Network, apply_update, init_tile
@@ -100,11 +100,26 @@ def test_builtin_configs_and_parameter_count():
     ({"stages": [{"stride": 0}]}, "stride must be >= 1"),
     ({"stages": [{"lcn": 4}]}, "must be odd"),
     ({"input": {"size": 14}, "stages": [{"bogus": 1}]}, "unknown key"),
+    ({"input": {"size": [14, 13], "channels": 2, "lcn": 4}}, "input.lcn must be 0"),
+    ({"input": {"size": [14, 13], "channels": 2, "lcn": 31}}, "input.lcn must be 0"),
+    ({"input": {"size": [14, 13], "channels": 2, "lcn": 3, "lcn_eps": 0}}, "must be positive"),
+    ({"rica": {"reconstruct": "patches"}}, "rica.reconstruct must be 'image' or 'window'"),
 ])
 def test_impossible_shapes_are_one_line_errors(change, msg):
     d = {**SMALL, **change}
     with pytest.raises(ReproError, match=msg):
         from_dict(d, "bad.toml")
+
+
+def test_new_keys_survive_the_run_folder():
+    """input.lcn* and rica.reconstruct come back from a run's config.json (resume, evaluate)."""
+    import json
+
+    from repro.model.config import from_saved
+
+    cfg = from_dict(WINDOW)
+    back = from_saved(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.input_lcn == 3 and back.rica.reconstruct == "window"
 
 
 def test_unknown_config_names_the_choices():
@@ -188,3 +203,68 @@ def test_normalize_filters_in_place(contiguous):
     out = normalize_filters(W)
     assert out is W
     np.testing.assert_allclose(np.sqrt((W ** 2).sum(axis=(3, 4, 5))), 1.0)
+
+
+STRIDE2 = {"name": "stride2", "input": {"size": [15, 15], "channels": 1, "lcn": 5, "lcn_sigma": 1.5, "lcn_eps": 0.2},
+           "stages": [{"maps": 3, "filter": 5, "stride": 2, "pool": 2, "lcn": 3}, {"maps": 2, "filter": 2, "pool": 1, "lcn": 1}],
+           "rica": {"lambda": 0.1, "eps": 0.01, "reconstruct": "window"}}
+
+
+@pytest.mark.parametrize("base", [WINDOW, STRIDE2], ids=["stride1", "stride2"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_window_reconstruction_gradients(base, tied):
+    """Every window reconstructing itself: layer-wise and joint gradients against finite differences,
+    through the input's contrast normalisation too."""
+    d = {**base, "rica": {**base["rica"], "tied": tied, "normalize_encoder": False}}
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    C, (H, W) = net.cfg.channels, net.cfg.input_size
+    x = np.random.default_rng(3).standard_normal((4, C, H, W))
+    for stage in range(len(net.cfg.stages)):
+        loss, grads = net.layer_loss_and_grads(x, stage)
+        for name in grads:
+            _fd_check(net, lambda: net.layer_loss_and_grads(x, stage)[0], grads, name, n_coords=4)
+    loss, grads = net.finetune_loss_and_grads(x)
+    for name in grads:
+        _fd_check(net, lambda: net.finetune_loss_and_grads(x)[0], grads, name, n_coords=4)
+
+
+def test_window_loss_is_the_sum_over_windows():
+    """R = (sum over locations of ||W2_l^T W1_l x_l - x_l||^2 + lambda sum p) / B, written plainly."""
+    d = {**STRIDE2, "rica": {**STRIDE2["rica"], "tied": False}}
+    net = Network.create(from_dict(d), seed=2, dtype=np.float64)
+    x = np.random.default_rng(4).standard_normal((3, 1, 15, 15))
+    c = net.forward(x, upto=1)[0]
+    W1, W2 = net.params["stage0.W1"], net.params["stage0.W2"]
+    loss = net.stages[0].rica(c, W1, W2)[0]
+    a, s, k, F = c.a.data, 2, 5, 3
+    want = 0.0
+    for oy in range(W1.shape[0]):
+        for ox in range(W1.shape[1]):
+            xl = a[:, :, oy * s:oy * s + k, ox * s:ox * s + k].reshape(len(a), -1)
+            r = (xl @ W1[oy, ox].reshape(F, -1).T) @ W2[oy, ox].reshape(F, -1) - xl
+            want += (r ** 2).sum()
+    want = (want + 0.1 * c.p.sum()) / len(a)
+    assert loss == pytest.approx(want, rel=1e-10)
+
+
+def test_input_lcn_in_forward_and_unit_gradient():
+    """The network sees standardised, locally contrast-normalised images; the optimal stimulus's
+    gradient goes back through that normalisation (finite differences on the standardised input)."""
+    from repro.engine.kernels import lcn_same_forward
+    from repro.model.network import preprocess, standardize, unit_gradient
+
+    net = Network.create(from_dict(STRIDE2), seed=5, dtype=np.float64)
+    x = np.random.default_rng(6).random((2, 1, 15, 15))
+    np.testing.assert_allclose(net.input_array(x).data, lcn_same_forward(standardize(x), 5, 1.5, 0.2))
+    np.testing.assert_allclose(preprocess(x, net.cfg), net.input_array(x).data)
+    xs = standardize(x[:1])
+    for sub in ("filter", "pool", "lcn"):
+        v, g = unit_gradient(net, xs, 1, sub, (1, 0, 0))
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            idx = (0, 0, int(rng.integers(15)), int(rng.integers(15)))
+            xp_, xm = xs.copy(), xs.copy()
+            xp_[idx] += 1e-6
+            xm[idx] -= 1e-6
+            fd = (unit_gradient(net, xp_, 1, sub, (1, 0, 0))[0] - unit_gradient(net, xm, 1, sub, (1, 0, 0))[0]) / 2e-6
+            assert g[idx] == pytest.approx(fd, rel=1e-5, abs=1e-8), (sub, idx)

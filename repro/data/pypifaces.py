@@ -46,6 +46,7 @@ from repro.data.manifest import Manifest
 from repro.errors import ReproError
 
 SPLITS = ("train", "val", "test")
+GENERATOR_VERSION = 2  # bumped whenever this code makes other pixels from the same manifest: stores rebuild
 KINDS = ("faces", "scene", "face-like")
 
 
@@ -351,8 +352,11 @@ def _inside(win: tuple[int, int, int], box: tuple[int, int, int, int], need: flo
 
 
 def texture(img: np.ndarray) -> tuple[float, float]:
-    """(pixel std, mean |Laplacian|) of a uint8 image: how far from flat it is."""
+    """(pixel std, mean |Laplacian|) of a uint8 image: how far from flat it is, measured at 32x32
+    whatever the output size, so one threshold means the same at every size."""
     g = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    if g.shape != (32, 32):
+        g = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
     lap = cv2.Laplacian(g.astype(np.float32), cv2.CV_32F, ksize=1)
     return float(g.std()), float(np.abs(lap).mean())
 
@@ -406,6 +410,16 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
     n = int(p.get("frames", 20000))
     ff, pf = float(p.get("face_fraction", 0.3)), float(p.get("paste_fraction", 0.0))
     of = float(p.get("object_fraction", 0.0))
+    fj = p.get("face_jitter")  # None: anywhere in the frame; else the face centre within this share of the side
+    fj = None if fj is None else float(fj)
+
+    def place(s: int) -> tuple[int, int]:
+        """Top-left of an s x s paste: anywhere, or near the centre (within ``face_jitter``)."""
+        if fj is None:
+            return int(rng.integers(0, size[0] - s + 1)), int(rng.integers(0, size[1] - s + 1))
+        c0, lim = (min(size) - s) / 2.0, fj * min(size)
+        return (int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[0] - s)),
+                int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[1] - s)))
     fs, cs = tuple(p.get("face_scale", [0.3, 0.9])), tuple(p.get("crop_scale", [0.25, 1.0]))
     shape = size if grey else (*size, 3)
     x = np.empty((n, *shape), np.uint8)
@@ -418,7 +432,7 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
             frac = float(rng.uniform(*fs))
             got = None
             if f.surroundings and rng.random() >= pf:
-                got = face_window(f.pic.img.shape[:2], f.box, frac, None, rng)
+                got = face_window(f.pic.img.shape[:2], f.box, frac, fj, rng)
                 # only if the photograph allows the asked scale (within 10%); else paste below
                 if got is not None and got[1] > 1.1 * frac:
                     got = None
@@ -429,7 +443,7 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
             else:
                 fr = _cut(scene.img, _scene_crop(scene, rng, cs), size)
                 s = max(4, int(round(frac * min(size))))
-                y, xx = int(rng.integers(0, size[0] - s + 1)), int(rng.integers(0, size[1] - s + 1))
+                y, xx = place(s)
                 paste(fr, f, y, xx, s, grey)
                 rec.update(source=scene.name, photo=scene.src.group,
                            faces=[{"person": f.person, "box": [y, xx, s, s], "how": "paste", "from": f.pic.name,
@@ -444,7 +458,7 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
                 other = scenes[int(rng.integers(len(scenes)))]
                 y0, x0, side = _scene_crop(other, rng, cs)
                 s = max(4, int(round(float(rng.uniform(*fs)) * min(size))))
-                y, xx = int(rng.integers(0, size[0] - s + 1)), int(rng.integers(0, size[1] - s + 1))
+                y, xx = place(s)
                 blend(fr, other.img[y0:y0 + side, x0:x0 + side], y, xx, s, grey)
                 rec["objects"] = [{"box": [y, xx, s, s], "how": "paste", "from": other.name, "photo": other.src.group}]
         if rng.random() < 0.5:
@@ -472,15 +486,15 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
     cs = tuple(p.get("crop_scale", [0.25, 1.0]))
     min_std, min_edge = float(p.get("min_std", 24.0)), float(p.get("min_edge", 6.0))
 
-    def textured_crop() -> tuple[np.ndarray, Picture]:
-        for _ in range(10000):
-            sid = sorted(by_src)[int(rng.integers(len(by_src)))]
-            pic = by_src[sid][int(rng.integers(len(by_src[sid])))]
-            fr = _cut(pic.img, _scene_crop(pic, rng, cs), size)
-            sd, ed = texture(fr)
-            if sd >= min_std and ed >= min_edge:
-                return fr, pic
-        raise ReproError(f"{split}: no textured scene crop (min_std {min_std}, min_edge {min_edge}); lower them")
+    def scene_crop() -> tuple[np.ndarray, Picture]:
+        """Any crop of one of this split's scenes (each scene source equally likely)."""
+        sid = sorted(by_src)[int(rng.integers(len(by_src)))]
+        pic = by_src[sid][int(rng.integers(len(by_src[sid])))]
+        return _cut(pic.img, _scene_crop(pic, rng, cs), size), pic
+
+    def flat(img: np.ndarray) -> bool:
+        sd, ed = texture(img)
+        return sd < min_std or ed < min_edge
 
     composite = set(p.get("composite", ["orl"]))
     for f in faces:
@@ -490,7 +504,7 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
             frac = float(rng.uniform(*tfs))
             if kind in composite:
                 # the face's own frame has no room around it: place it in a textured scene of this split
-                fr, bg = textured_crop()
+                fr, bg = scene_crop()
                 side = min(size)
                 s = max(4, int(round(frac * side)))
                 lim = jit * side
@@ -533,9 +547,10 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
     n_comp = sum(r["how"] == "composite" for r in pos_recs)
     pasted, pasted_recs = [], []
     if bool(p.get("composite_negatives", True)):
-        for _ in range(int(round(n_neg * n_comp / max(1, len(pos))))):
-            fr, bg = textured_crop()
-            patch, src = textured_crop()
+        want, tries = int(round(n_neg * n_comp / max(1, len(pos)))), 0
+        while len(pasted) < want:
+            fr, bg = scene_crop()
+            patch, src = scene_crop()
             side = min(size)
             s = max(4, int(round(float(rng.uniform(*tfs)) * side)))
             lim = jit * side
@@ -543,6 +558,11 @@ def labeled_split(split: str, faces: list[Face], facelike: list[Picture], scenes
             y = int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[0] - s))
             x = int(np.clip(round(c0 + rng.uniform(-lim, lim)), 0, size[1] - s))
             blend(fr, patch, y, x, s, grey)
+            tries += 1
+            if tries > 200 * max(1, want):
+                raise ReproError(f"{split}: cannot composite {want} textured distractors; lower min_std/min_edge")
+            if flat(fr):  # like every distractor, a composite must not be flat
+                continue
             pasted.append(fr)
             pasted_recs.append({"label": 0, "source": src.name, "kind": "pasted-scene", "how": "composite",
                                 "photo": src.src.group, "background": bg.name, "background_photo": bg.src.group,
@@ -592,7 +612,7 @@ def _by_source(scenes: list[Picture]) -> dict[str, list[Picture]]:
 def params_of(m: Manifest) -> dict[str, Any]:
     """What the stores depend on: the prepare table (sources included) and the pinned files."""
     return {"size": list(m.prepare.size), "grey": m.prepare.grey, "shard_size": m.prepare.shard_size,
-            "seed": m.prepare.seed, **m.prepare.extra,
+            "seed": m.prepare.seed, **m.prepare.extra, "generator_version": GENERATOR_VERSION,
             "packages": {p.file: p.sha256 for p in m.packages}}
 
 
@@ -666,6 +686,7 @@ def prepare(m: Manifest, root: Path, force: bool = False, seed: int | None = Non
 
 # the knobs that change only the training frames, and those that change only val/test: a store is
 # rebuilt only when a knob it depends on changes
-TRAIN_KNOBS = ("seed", "frames", "face_fraction", "face_scale", "paste_fraction", "object_fraction", "shard_size")
+TRAIN_KNOBS = ("seed", "frames", "face_fraction", "face_scale", "face_jitter", "paste_fraction", "object_fraction",
+               "shard_size")
 VAL_KNOBS = ("split_seed", "test_face_scale", "test_jitter", "photo_crops", "orl_crops", "facelike_crops",
              "negative_ratio", "min_std", "min_edge", "aligned_fraction", "composite", "composite_negatives")

@@ -7,8 +7,10 @@ paper does not give their size):
   position of a random training image, applied at that same position of the test image;
 * ``image``: a whole training image, the size of the test images, applied to the whole test image.
 
-Either filter is made zero mean and unit norm, and meets the test image standardised as the
-network standardises its input (per image zero mean, unit std). Images, positions and filters come
+Either filter is cut from training images prepared as the network prepares its input (per image
+zero mean and unit std, then the config's input contrast normalisation, if any: the filters compete
+with neurons that see exactly that), made zero mean and unit norm, and meets the test image
+prepared the same way. Images, positions and filters come
 from ``seed`` alone; filters are scored in fixed chunks of global indices shared out over ranks,
 so every rank count computes each filter alike.
 
@@ -52,8 +54,10 @@ def _zero_mean_unit_norm(out: np.ndarray) -> np.ndarray:
     return out
 
 
-def sample_patches(store: Any, k: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """K standardised patches (K, C, f, f) float32 and their positions (K, 2) [row, col]."""
+def sample_patches(store: Any, k: int, size: int, seed: int, prep: Callable | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """K zero-mean unit-norm patches (K, C, f, f) float32 of prepared training images, and their
+    positions (K, 2) [row, col]. ``prep``: how the network prepares its input (default: none)."""
     H, W = store.shape[:2]
     if size > min(H, W):
         raise ReproError(f"linear filters of {size}x{size} do not fit {H}x{W} training images")
@@ -65,6 +69,8 @@ def sample_patches(store: Any, k: int, size: int, seed: int) -> tuple[np.ndarray
     out = np.empty((k, C, size, size), np.float32)
     for lo in range(0, len(uniq), 1024):  # read each needed image once, in chunks
         x = as_float(store.images(uniq[lo:lo + 1024]))
+        if prep is not None:
+            x = np.asarray(prep(x), np.float32)
         for j in np.nonzero((inv >= lo) & (inv < lo + 1024))[0]:
             r, c = pos[j]
             out[j] = x[inv[j] - lo, :, r:r + size, c:c + size]
@@ -77,11 +83,12 @@ def image_indices(store: Any, k: int, seed: int) -> np.ndarray:
     return rng.permutation(len(store))[:k] if k <= len(store) else rng.integers(0, len(store), size=k)
 
 
-def image_filters(store: Any, idx: np.ndarray) -> np.ndarray:
-    """(K, C, H, W) float32 whole training images, zero mean and unit norm."""
+def image_filters(store: Any, idx: np.ndarray, prep: Callable | None = None) -> np.ndarray:
+    """(K, C, H, W) float32 whole prepared training images, zero mean and unit norm."""
     order = np.argsort(idx, kind="stable")
     x = np.empty((len(idx),) + tuple(as_float(store.images(idx[:1])).shape[1:]), np.float32)
-    x[order] = as_float(store.images(idx[order]))
+    got = as_float(store.images(idx[order]))
+    x[order] = got if prep is None else np.asarray(prep(got), np.float32)
     return _zero_mean_unit_norm(x)
 
 
@@ -101,12 +108,12 @@ def image_responses(x_std: np.ndarray, filters: np.ndarray) -> np.ndarray:
 class LinearFilters:
     """K filters of one reading, made chunk by chunk on demand (a chunk is FILTER_CHUNK global indices)."""
 
-    def __init__(self, reading: str, store: Any, k: int, size: int, seed: int):
+    def __init__(self, reading: str, store: Any, k: int, size: int, seed: int, prep: Callable = standardize):
         if reading not in READINGS:
             raise ValueError(f"unknown linear-filter reading {reading!r}")
-        self.reading, self.store, self.k, self.size, self.seed = reading, store, k, size, seed
+        self.reading, self.store, self.k, self.size, self.seed, self.prep = reading, store, k, size, seed, prep
         if reading == "patch":
-            self.patches, self.pos = sample_patches(store, k, size, seed)
+            self.patches, self.pos = sample_patches(store, k, size, seed, prep)
         else:
             self.idx = image_indices(store, k, seed)
 
@@ -114,7 +121,7 @@ class LinearFilters:
         """(B, K_sl) responses of filters ``sl`` on standardised images."""
         if self.reading == "patch":
             return filter_responses(x_std, self.patches[sl], self.pos[sl])
-        return image_responses(x_std, image_filters(self.store, self.idx[sl]))
+        return image_responses(x_std, image_filters(self.store, self.idx[sl], self.prep))
 
     def describe(self, j: int) -> dict[str, Any]:
         if self.reading == "patch":
@@ -132,13 +139,15 @@ def linear_filter_baseline(ts: Any, filters: LinearFilters, w: World, batch: int
     y = np.asarray(ts.y, bool)
     A, B = stratified_halves(y, seed)
     chunks = list(range(0, K, FILTER_CHUNK))
+    prep = filters.prep
     xs = None
-    if len(ts) * int(np.prod(ts.shape)) * 4 <= (512 << 20):  # small test sets: standardise once
-        xs = [standardize(ts.images(range(lo, min(len(ts), lo + batch)))) for lo in range(0, len(ts), batch)]
+    if len(ts) * int(np.prod(ts.shape)) * 4 <= (512 << 20):  # small test sets: prepare once
+        xs = [np.asarray(prep(ts.images(range(lo, min(len(ts), lo + batch)))), np.float32)
+              for lo in range(0, len(ts), batch)]
 
     def std_batches():
         for bi, lo in enumerate(range(0, len(ts), batch)):
-            yield xs[bi] if xs is not None else standardize(ts.images(range(lo, min(len(ts), lo + batch))))
+            yield xs[bi] if xs is not None else np.asarray(prep(ts.images(range(lo, min(len(ts), lo + batch)))), np.float32)
 
     def column(j: int) -> np.ndarray:
         return np.concatenate([filters.responses(x, slice(j, j + 1))[:, 0] for x in std_batches()])

@@ -51,7 +51,7 @@ from repro.experiments.scoring import (N_THRESHOLDS, Scores, accuracy_at, auc, b
                                        best_neuron, guessing, held_out, held_out_split, stratified_halves,
                                        threshold_scores, thresholds)
 from repro.model.config import NetworkConfig
-from repro.model.network import Network, compute_features, local_features, neuron_features
+from repro.model.network import Network, compute_features, local_features, neuron_features, preprocess
 
 SUBLAYERS = ("filter", "pool", "lcn")
 FORMATS = ("png", "pdf", "svg")
@@ -364,7 +364,8 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
         linear = {}
         for reading in opt.linear_readings:
             progress.update(task, advance=1, description=f"linear filters, {reading} reading ({opt.linear_filters})")
-            lf = LinearFilters(reading, train_store, opt.linear_filters, cfg.stages[0].filter, opt.seed)
+            lf = LinearFilters(reading, train_store, opt.linear_filters, cfg.stages[0].filter, opt.seed,
+                               prep=lambda x: preprocess(x, cfg))
             linear[reading] = linear_filter_baseline(ts, lf, w, opt.batch, seed=opt.seed)
         transfer = None
         if transfer_neuron is not None:

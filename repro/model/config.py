@@ -41,6 +41,10 @@ class RicaConfig:
     normalize_encoder: bool = True  # project each encoding filter to unit norm after every update
     normalize_decoder: bool = False  # the same for each decoding filter (W2)
     tied: bool = False  # decode with the encoder's transpose (W2 = W1, the RICA of Le et al. 2011)
+    # "image": the decoders of all locations add up to one reconstruction of the whole input (the
+    # transposed connectivity of Le et al. 2012); "window": every receptive field reconstructs its own
+    # input window (Le et al. 2011's RICA on patches, at every location). See results/reference/face-neuron.md.
+    reconstruct: str = "image"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,11 @@ class NetworkConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: str = "mini"  # dataset (manifest name) the defaults train on
     notes: str = ""
+    # local contrast normalisation of the input image (after per-image standardisation), at unchanged
+    # size; 0 = none. It keeps local luminance and contrast from dominating what stage 0 learns.
+    input_lcn: int = 0
+    input_lcn_sigma: float = 2.0
+    input_lcn_eps: float = 0.1
 
     # ---- shapes -----------------------------------------------------------------------------
     def stage_shapes(self) -> list[dict[str, tuple[int, int]]]:
@@ -141,12 +150,21 @@ def validate(cfg: NetworkConfig, where: str) -> NetworkConfig:
         raise ReproError(f"{where}: train.batch and train.lr must be positive")
     if cfg.rica.lam < 0 or cfg.rica.eps <= 0:
         raise ReproError(f"{where}: rica.lambda must be >= 0 and rica.eps > 0")
+    if cfg.rica.reconstruct not in ("image", "window"):
+        raise ReproError(f"{where}: rica.reconstruct must be 'image' or 'window', got {cfg.rica.reconstruct!r}")
+    if cfg.input_lcn:
+        if cfg.input_lcn < 0 or cfg.input_lcn % 2 == 0 or cfg.input_lcn // 2 >= min(cfg.input_size):
+            raise ReproError(f"{where}: input.lcn must be 0 (none) or an odd size smaller than twice the input, "
+                             f"got {cfg.input_lcn}")
+        if cfg.input_lcn_sigma <= 0 or cfg.input_lcn_eps <= 0:
+            raise ReproError(f"{where}: input.lcn_sigma and input.lcn_eps must be positive")
     return cfg
 
 
 _STAGE_KEYS = set(StageConfig.__dataclass_fields__)
 _RICA_KEYS = {"lambda": "lam", "eps": "eps", "normalize_encoder": "normalize_encoder",
-              "normalize_decoder": "normalize_decoder", "tied": "tied"}
+              "normalize_decoder": "normalize_decoder", "tied": "tied", "reconstruct": "reconstruct"}
+_INPUT_KEYS = {"size", "channels", "lcn", "lcn_sigma", "lcn_eps"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
 
 
@@ -160,7 +178,7 @@ def from_dict(d: dict[str, Any], where: str = "<config>") -> NetworkConfig:
     try:
         _check_keys(d, {"name", "input", "stage", "stages", "rica", "train", "data", "notes"}, where, "the top level")
         inp = d["input"]
-        _check_keys(inp, {"size", "channels"}, where, "[input]")
+        _check_keys(inp, _INPUT_KEYS, where, "[input]")
         size = inp["size"]
         size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         default = d.get("stage", {})
@@ -182,7 +200,9 @@ def from_dict(d: dict[str, Any], where: str = "<config>") -> NetworkConfig:
         train = TrainConfig(**train_t)
         cfg = NetworkConfig(name=str(d["name"]), input_size=size, channels=int(inp.get("channels", 1)),
                             stages=tuple(stages), rica=rica, train=train, data=str(d.get("data", "mini")),
-                            notes=str(d.get("notes", "")))
+                            notes=str(d.get("notes", "")), input_lcn=int(inp.get("lcn", 0)),
+                            input_lcn_sigma=float(inp.get("lcn_sigma", 2.0)),
+                            input_lcn_eps=float(inp.get("lcn_eps", 0.1)))
     except KeyError as exc:
         raise ReproError(f"{where}: missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
@@ -196,7 +216,9 @@ def from_saved(d: dict[str, Any], where: str = "<saved config>") -> NetworkConfi
         rica = dict(d["rica"])
         rica["lambda"] = rica.pop("lam")
         table = {"name": d["name"], "data": d.get("data", "mini"), "notes": d.get("notes", ""),
-                 "input": {"size": list(d["input_size"]), "channels": d["channels"]},
+                 "input": {"size": list(d["input_size"]), "channels": d["channels"],
+                           "lcn": d.get("input_lcn", 0), "lcn_sigma": d.get("input_lcn_sigma", 2.0),
+                           "lcn_eps": d.get("input_lcn_eps", 0.1)},
                  "stages": [dict(s) for s in d["stages"]], "rica": rica, "train": dict(d["train"])}
     except (KeyError, TypeError, AttributeError) as exc:
         raise ReproError(f"{where}: not a saved repro config ({exc!r})") from None

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from repro.engine import kernels as K
 from repro.engine.backend import get_array_module
 from repro.engine.comm import World
@@ -165,11 +167,21 @@ class StageCache:
     z: Any  # LCN output tile
 
 
+def _window_cover(n: int, stride: int, k: int) -> np.ndarray:
+    """How many of n windows (size k, this stride) cover each position of their union."""
+    c = np.zeros((n - 1) * stride + k if n else 0, np.float64)
+    for j in range(n):
+        c[j * stride:j * stride + k] += 1
+    return c
+
+
 class Stage:
     """Filtering -> L2 pooling -> LCN, and the stage's RICA objective."""
 
-    def __init__(self, index: int, cfg: StageConfig, layout: StageLayout, lam: float, eps: float, w: World) -> None:
+    def __init__(self, index: int, cfg: StageConfig, layout: StageLayout, lam: float, eps: float, w: World,
+                 reconstruct: str = "image") -> None:
         self.index, self.cfg, self.layout, self.lam, self.w = index, cfg, layout, lam, w
+        self.reconstruct = reconstruct
         L = layout
         self.filter = LocalFilter(L.part_in, L.part_f, L.plan_in, cfg.filter, cfg.stride, w, cfg.maps)
         self.pool = L2Pool(L.part_f, L.part_p, L.plan_f, cfg.pool, cfg.pool_stride, w, eps)
@@ -191,6 +203,8 @@ class Stage:
         fine-tuning); it flows back through LCN and pooling into W1 and the input.
         ``dW1_out``, ``dW2_out``: arrays of W1's and W2's shape to write the gradients into.
         """
+        if self.reconstruct == "window":
+            return self._rica_window(c, W1, W2, dz, need_input_grad, dW1_out, dW2_out)
         xp = get_array_module(c.y)
         B = c.y.shape[0]
         inv_b = 1.0 / B
@@ -206,4 +220,54 @@ class Stage:
         da, dW1 = self.filter.backward(dy, c.xw, W1, need_input_grad, dW_out=dW1_out)
         if da is not None:
             da = da - g  # the reconstruction target x is the input too
+        return loss, dW1, dW2, da
+
+    def _rica_window(self, c: StageCache, W1: Any, W2: Any, dz: Any, need_input_grad: bool, dW1_out: Any,
+                     dW2_out: Any) -> tuple[float, Any, Any, Any]:
+        """RICA where every receptive field reconstructs its own window x_l (Le et al. 2011 per patch):
+
+            R = ( sum_l ||W2_l^T y_l - x_l||^2 + lambda * sum p ) / B,   y_l = W1_l x_l
+
+        Expanded, ||W2_l^T y_l - x_l||^2 = y_l.G_l y_l - 2 y_l.u_l + ||x_l||^2 with G_l = W2_l W2_l^T
+        (F x F) and u_l = W2_l x_l (= y_l when tied), so no window-sized reconstruction is ever formed:
+        per location only F x F products beside the layer's usual GEMMs. Gradients, per location:
+        dR/dy = 2 (G y - u); dR/dW2 = 2 (y y^T) W2 - 2 y x^T; dR/dW1 = dR/dy x^T;
+        dR/dx = W1^T dR/dy - 2 W2^T y + 2 x (each window's share, summed where windows overlap).
+        """
+        xp = get_array_module(c.y)
+        B = c.y.shape[0]
+        inv_b = 1.0 / B
+        y = c.y  # (B, F, ty, tx)
+        ty, tx = y.shape[2:]
+        F = y.shape[1]
+        W2r = W2.reshape(ty, tx, F, int(np.prod(W2.shape[3:])))
+        G = xp.einsum("yxfd,yxgd->yxfg", W2r, W2r)  # (ty, tx, F, F)
+        Gy = xp.einsum("yxfg,bgyx->bfyx", G, y)
+        tied = W2 is W1
+        u = y if tied else _tiled(K.lc_forward, y.shape, c.xw, W2, self.cfg.stride)
+        s, k = self.cfg.stride, self.cfg.filter
+        cover = xp.asarray(np.outer(_window_cover(ty, s, k), _window_cover(tx, s, k)), dtype=y.dtype)
+        xsq = float((cover * (c.xw * c.xw).sum(axis=(0, 1))).sum()) if ty * tx else 0.0  # the constant sum ||x_l||^2
+        with timed("loss all-reduce"):
+            rec = float((y * Gy).sum()) - 2.0 * float((y * u).sum()) + xsq
+            loss = self.w.allreduce_sum(rec + self.lam * float(c.p.sum())) * inv_b
+        dy_rec = (Gy - u) * (2.0 * inv_b)
+        # dR/dW2 = 2 (sum_b y y^T) W2 - 2 sum_b y x^T: the second term is a weight gradient of the layer
+        with timed("decoder backward-weights"):
+            dW2 = _tiled(K.lc_backward_weights, W2.shape, c.xw, y * (-2.0 * inv_b), s, k, out=dW2_out)
+            if ty * tx:
+                yy = xp.einsum("bfyx,bgyx->yxfg", y, y)
+                dW2 += (xp.einsum("yxfg,yxgd->yxfd", yy, W2r) * (2.0 * inv_b)).reshape(W2.shape)
+        dp = xp.full(c.p.shape, self.lam * inv_b, dtype=c.p.dtype)
+        if dz is not None:
+            dp = dp + self.lcn.backward(dz, c.pw)
+        dy = dy_rec + self.pool.backward(dp, c.yw, c.p)
+        da, dW1 = self.filter.backward(dy, c.xw, W1, need_input_grad, dW_out=dW1_out)
+        if da is not None:
+            # - 2 W2^T y + 2 x of every window, summed into the input where windows overlap
+            with timed("decoder W2 y"):
+                xw_part = _tiled(K.lc_backward_data, c.xw.shape, y * (-2.0 * inv_b), W2, s, c.xw.shape)
+                if ty * tx:
+                    xw_part = xw_part + c.xw * (cover * (2.0 * inv_b))
+            da = da + scatter_add(xw_part, self.filter.plan, self.w)
         return loss, dW1, dW2, da

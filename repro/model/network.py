@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from repro.engine import kernels as K
 from repro.engine.backend import get_array_module, to_numpy
 from repro.engine.comm import World, world
 from repro.engine.distarray import DistArray, gather
@@ -77,6 +78,16 @@ def standardize(x: Any) -> Any:
     return x / xp.maximum(x.std(axis=axes, keepdims=True), 1e-3)
 
 
+def preprocess(x: Any, cfg: NetworkConfig) -> Any:
+    """What the first stage sees of raw images (B, C, H, W): standardised per image, then, if the
+    config asks, locally contrast-normalised at unchanged size. Baselines that compete with the
+    network's neurons see the same."""
+    x = standardize(x)
+    if cfg.input_lcn > 1:
+        x = K.lcn_same_forward(x, cfg.input_lcn, cfg.input_lcn_sigma, cfg.input_lcn_eps)
+    return x
+
+
 def normalize_filters(W: Any) -> Any:
     """Project every neuron's filter (over c, ky, kx) to unit norm, in place. Keeps RICA from
     shrinking W1 to nothing while W2 grows (the sparsity term is not scale invariant)."""
@@ -104,7 +115,7 @@ class Network:
 
     def __post_init__(self) -> None:
         r = self.cfg.rica
-        self.stages = [Stage(i, s, L, r.lam, r.eps, self.w)
+        self.stages = [Stage(i, s, L, r.lam, r.eps, self.w, r.reconstruct)
                        for i, (s, L) in enumerate(zip(self.cfg.stages, self.layout.stages))]
 
     # ---- construction -----------------------------------------------------------------------
@@ -144,9 +155,10 @@ class Network:
         """The minibatch every rank of the group holds, seen as the first stage's input.
 
         Each image is standardised (zero mean, unit variance over its pixels) so that the
-        objective's scale does not depend on a dataset's brightness or contrast.
+        objective's scale does not depend on a dataset's brightness or contrast, then contrast
+        normalised locally when the config asks (:func:`preprocess`).
         """
-        x = standardize(self.xp.asarray(images, dtype=self.dtype))
+        x = preprocess(self.xp.asarray(images, dtype=self.dtype), self.cfg)
         return DistArray.from_replicated(x, self.layout.stages[0].part_in, self.w)
 
     # ---- forward ------------------------------------------------------------------------------
@@ -316,7 +328,9 @@ def unit_gradient(net: Network, x_std: Any, stage: int, sublayer: str, unit: tup
     """
     xp = net.xp
     x = xp.asarray(x_std, dtype=net.dtype)
-    caches, a = [], DistArray.from_replicated(x, net.layout.stages[0].part_in, net.w)
+    cfg = net.cfg
+    a0 = K.lcn_same_forward(x, cfg.input_lcn, cfg.input_lcn_sigma, cfg.input_lcn_eps) if cfg.input_lcn > 1 else x
+    caches, a = [], DistArray.from_replicated(a0, net.layout.stages[0].part_in, net.w)
     for i in range(stage + 1):
         c = net.stage_forward(i, a)
         caches.append(c)
@@ -341,8 +355,10 @@ def unit_gradient(net: Network, x_std: Any, stage: int, sublayer: str, unit: tup
             grad = st.pool.backward(grad, c.yw, c.p)
         grad, _ = st.filter.backward(grad, c.xw, net.params[f"stage{i}.W1"], need_weight_grad=False)
         level = "lcn"
-    full = gather(DistArray(grad, net.layout.stages[0].part_in, net.w), root=None)
-    return value, xp.asarray(full)
+    full = xp.asarray(gather(DistArray(grad, net.layout.stages[0].part_in, net.w), root=None))
+    if cfg.input_lcn > 1:  # back through the input's contrast normalisation, to the standardised image
+        full = K.lcn_same_backward(full, x, cfg.input_lcn, cfg.input_lcn_sigma, cfg.input_lcn_eps)
+    return value, full
 
 
 def compute_features(net: Network, images: Any, stage: int, sublayer: str = "pool", batch: int = 256) -> np.ndarray:

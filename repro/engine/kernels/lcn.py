@@ -104,3 +104,37 @@ def lcn_backward(dout: Array, x: Array, size: int, sigma: float, eps: float) -> 
     r = size // 2
     dx[:, :, r : r + dxc.shape[-2], r : r + dxc.shape[-1]] += dxc
     return dx
+
+
+def _pad_reflect(x: Array, r: int) -> Array:
+    """Mirror the last two axes by r pixels (the edge pixel itself is not repeated)."""
+    xp = get_array_module(x)
+    return xp.pad(x, ((0, 0),) * (x.ndim - 2) + ((r, r), (r, r)), mode="reflect")
+
+
+def _pad_reflect_adjoint(g: Array, r: int) -> Array:
+    """Adjoint of _pad_reflect: each padded pixel's gradient goes back to the pixel it mirrors."""
+    H, W = g.shape[-2] - 2 * r, g.shape[-1] - 2 * r
+    rows = g[..., r:r + H, :].copy()
+    for j in range(r):  # padded row r-1-j mirrors row 1+j; padded row r+H+j mirrors row H-2-j
+        rows[..., 1 + j, :] += g[..., r - 1 - j, :]
+        rows[..., H - 2 - j, :] += g[..., r + H + j, :]
+    out = rows[..., r:r + W].copy()
+    for j in range(r):
+        out[..., 1 + j] += rows[..., r - 1 - j]
+        out[..., W - 2 - j] += rows[..., r + W + j]
+    return out
+
+
+def lcn_same_forward(x: Array, size: int, sigma: float, eps: float) -> Array:
+    """LCN that keeps the size (B, C, H, W): the border is mirrored first. For the network's input,
+    where no neighbouring tile supplies a halo and shrinking the image would waste its border."""
+    if size // 2 >= min(x.shape[-2:]):
+        raise ValueError(f"LCN size {size} too large for input {x.shape[-2:]}")
+    return lcn_forward(_pad_reflect(x, size // 2), size, sigma, eps)
+
+
+def lcn_same_backward(dout: Array, x: Array, size: int, sigma: float, eps: float) -> Array:
+    """Exact gradient of lcn_same_forward w.r.t. x."""
+    r = size // 2
+    return _pad_reflect_adjoint(lcn_backward(dout, _pad_reflect(x, r), size, sigma, eps), r)
