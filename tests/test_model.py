@@ -268,3 +268,19 @@ def test_input_lcn_in_forward_and_unit_gradient():
             xm[idx] -= 1e-6
             fd = (unit_gradient(net, xp_, 1, sub, (1, 0, 0))[0] - unit_gradient(net, xm, 1, sub, (1, 0, 0))[0]) / 2e-6
             assert g[idx] == pytest.approx(fd, rel=1e-5, abs=1e-8), (sub, idx)
+
+
+def test_no_lcn_passes_the_pooling_output_through():
+    """lcn = 0: the paper's "LCN removed" ablation; gradients still exact, the map keeps its size."""
+    d = {**SMALL, "stages": [{**SMALL["stages"][0], "lcn": 0}, SMALL["stages"][1]]}
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    shp = net.cfg.stage_shapes()[0]
+    assert shp["lcn"] == shp["pool"]
+    x = images().astype(np.float64)
+    c = net.forward(x)[0]
+    np.testing.assert_array_equal(c.z, c.p)
+    loss, grads = net.finetune_loss_and_grads(x)
+    for name in grads:
+        _fd_check(net, lambda: net.finetune_loss_and_grads(x)[0], grads, name, n_coords=4)
+    with pytest.raises(ReproError, match="lcn must be >= 0"):
+        from_dict({**SMALL, "stages": [{**SMALL["stages"][0], "lcn": -1}, SMALL["stages"][1]]})

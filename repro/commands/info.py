@@ -32,7 +32,7 @@ def info(ctx: click.Context, config_name: str, ranks: int, batch: int | None, js
         n = math.prod(cfg.weight_shape(i))
         rows = [("filter (LC)", shp["filter"], f"{s.filter}x{s.filter} / {s.stride}", n),
                 ("L2 pool", shp["pool"], f"{s.pool}x{s.pool} / {s.pool_stride}", 0),
-                ("LCN", shp["lcn"], f"{s.lcn}x{s.lcn} / 1", 0)]
+                ("LCN", shp["lcn"], f"{s.lcn}x{s.lcn} / 1" if s.lcn else "none", 0)]
         for name, (h, w), win, params in rows:
             t.add_row(str(i), name, f"{s.maps} x {h} x {w}", win, f"{params:,}" if params else "")
             layers.append({"stage": i, "sublayer": name, "maps": s.maps, "height": h, "width": w, "parameters": params})

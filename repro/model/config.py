@@ -27,9 +27,14 @@ class StageConfig:
     stride: int = 1
     pool: int = 5  # L2 pooling neighbourhood (per map)
     pool_stride: int = 1
-    lcn: int = 5  # LCN neighbourhood (valid: shrinks the map by lcn - 1)
+    lcn: int = 5  # LCN neighbourhood (valid: shrinks the map by lcn - 1); 0 = no LCN (the paper's ablation)
     lcn_sigma: float = 1.0
     lcn_eps: float = 1e-2
+
+    @property
+    def lcn_window(self) -> int:
+        """The LCN's neighbourhood as shapes and halos see it (no LCN behaves as a 1 x 1 identity)."""
+        return max(1, self.lcn)
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class NetworkConfig:
         for i, s in enumerate(self.stages):
             fy, fx = _valid(h, s.filter, s.stride), _valid(w, s.filter, s.stride)
             py, px = _valid(fy, s.pool, s.pool_stride), _valid(fx, s.pool, s.pool_stride)
-            ny, nx = _valid(py, s.lcn, 1), _valid(px, s.lcn, 1)
+            ny, nx = _valid(py, s.lcn_window, 1), _valid(px, s.lcn_window, 1)
             out.append({"input": (h, w), "filter": (fy, fx), "pool": (py, px), "lcn": (ny, nx)})
             h, w = ny, nx
         return out
@@ -130,10 +135,11 @@ def validate(cfg: NetworkConfig, where: str) -> NetworkConfig:
     h, w = cfg.input_size
     for i, s in enumerate(cfg.stages):
         for name in ("maps", "filter", "stride", "pool", "pool_stride", "lcn"):
-            if getattr(s, name) < 1:
-                raise ReproError(f"{where}: stage {i}: {name} must be >= 1, got {getattr(s, name)}")
-        if s.lcn % 2 == 0:
-            raise ReproError(f"{where}: stage {i}: lcn neighbourhood must be odd, got {s.lcn}")
+            least = 0 if name == "lcn" else 1
+            if getattr(s, name) < least:
+                raise ReproError(f"{where}: stage {i}: {name} must be >= {least}, got {getattr(s, name)}")
+        if s.lcn % 2 == 0 and s.lcn != 0:
+            raise ReproError(f"{where}: stage {i}: lcn neighbourhood must be odd (or 0: no LCN), got {s.lcn}")
         if s.filter > min(h, w):
             raise ReproError(f"{where}: stage {i}: filter window {s.filter} is larger than its input {h}x{w}")
         fy, fx = _valid(h, s.filter, s.stride), _valid(w, s.filter, s.stride)
@@ -142,7 +148,7 @@ def validate(cfg: NetworkConfig, where: str) -> NetworkConfig:
         py, px = _valid(fy, s.pool, s.pool_stride), _valid(fx, s.pool, s.pool_stride)
         if s.lcn > min(py, px):
             raise ReproError(f"{where}: stage {i}: LCN window {s.lcn} is larger than its input {py}x{px}")
-        h, w = _valid(py, s.lcn, 1), _valid(px, s.lcn, 1)
+        h, w = _valid(py, s.lcn_window, 1), _valid(px, s.lcn_window, 1)
     t = cfg.train
     if t.optimizer not in ("sgd", "adagrad"):
         raise ReproError(f"{where}: train.optimizer must be 'sgd' or 'adagrad', got {t.optimizer!r}")

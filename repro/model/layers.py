@@ -140,6 +140,8 @@ class LCN(_Sublayer):
     eps: float = 1e-2
 
     def forward(self, p: DistArray) -> tuple[Any, Any]:
+        if self.kernel == 0:  # no LCN: the pooling output passes through (its tile is its window)
+            return p.data, p.data
         B, F = p.data.shape[:2]
 
         def fn(pwin: Any, box: Box) -> Any:
@@ -149,6 +151,8 @@ class LCN(_Sublayer):
             return windowed_apply(p, self.plan, self.tile, self.kernel, 1, fn)
 
     def backward(self, dz: Any, pw: Any) -> Any:
+        if self.kernel == 0:
+            return dz
         with timed("LCN backward"):
             dpw = _tiled(K.lcn_backward, pw.shape, dz, pw, self.kernel, self.sigma, self.eps)
         return scatter_add(dpw, self.plan, self.w)

@@ -45,6 +45,6 @@ class Layout:
                 p_in, p_f, p_p, p_n,
                 HaloPlan(p_in, p_f.windows(s.filter, s.stride), w.rank),
                 HaloPlan(p_f, p_p.windows(s.pool, s.pool_stride), w.rank),
-                HaloPlan(p_p, p_n.windows(s.lcn, 1), w.rank),
+                HaloPlan(p_p, p_n.windows(s.lcn_window, 1), w.rank),
             ))
         return cls(grid, stages, w.rank)
