@@ -67,6 +67,6 @@ def one_line_error(result, *words: str) -> str:
 def train_tiny_run(d: Path) -> tuple[Path, Path]:
     """A 3-steps-per-stage ``mini`` run under ``d`` (run folder, data root): for command tests."""
     root, run = d / "data", d / "run"
-    r = invoke("train", "--out", run, "--root", root, "--layer-steps", 3, "--batch", 16)
+    r = invoke("train", "--config", "mini", "--out", run, "--root", root, "--layer-steps", 3, "--batch", 16)
     assert r.exit_code == 0, r.output
     return run, root

@@ -18,7 +18,7 @@ def data_root(tmp_path_factory):
 
 
 def short_train(run, data_root, *extra):
-    return invoke("train", "--out", run, "--root", data_root, "--layer-steps", 6, "--finetune-steps", 3,
+    return invoke("train", "--config", "mini", "--out", run, "--root", data_root, "--layer-steps", 6, "--finetune-steps", 3,
                   "--batch", 16, "--checkpoint-every", 4, *extra)
 
 
@@ -51,7 +51,7 @@ def test_train_resume_equals_uninterrupted(tmp_path, data_root):
 def test_train_on_two_ranks_equals_one(tmp_path, data_root):
     one, two = tmp_path / "one", tmp_path / "two"
     assert short_train(one, data_root, "--optimizer", "sgd", "--lr", "0.0005").exit_code == 0
-    run_mpi(2, ["-m", "repro.cli", "--device", "cpu", "train", "--out", str(two), "--root", str(data_root),
+    run_mpi(2, ["-m", "repro.cli", "--device", "cpu", "train", "--config", "mini", "--out", str(two), "--root", str(data_root),
                 "--layer-steps", "6", "--finetune-steps", "3", "--batch", "16", "--checkpoint-every", "4",
                 "--optimizer", "sgd", "--lr", "0.0005"])
     for run in (one, two):
@@ -126,12 +126,12 @@ def test_console_entry_point_exit_code(tmp_path):
     import subprocess
     p = subprocess.run([sys.executable, "-m", "repro.cli", "info", "--config", "nope"], capture_output=True, text=True)
     assert p.returncode != 0
-    assert p.stderr.strip().splitlines() == ["Error: unknown config 'nope': choose one of le2012, mini or give a "
+    assert p.stderr.strip().splitlines() == ["Error: unknown config 'nope': choose one of faces32, le2012, mini or give a "
                                              "path to a .toml file"]
 
 
 def test_diverging_training_stops_with_one_line(tmp_path, data_root):
-    r = invoke("train", "--out", tmp_path / "r", "--root", data_root, "--layer-steps", 30, "--batch", 16,
+    r = invoke("train", "--config", "mini", "--out", tmp_path / "r", "--root", data_root, "--layer-steps", 30, "--batch", 16,
                "--lr", 10)
     assert r.exit_code != 0 and "Traceback" not in r.output
     last = r.output.strip().splitlines()[-1]  # after the progress bar's last state

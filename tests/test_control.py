@@ -23,7 +23,7 @@ def small_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     idx = np.arange(240)
     recs = [{k: v for k, v in src.records[i].items() if k not in ("shard", "offset", "sha256")} for i in idx]
     write_store(small, src.images(idx), recs, "small", "train", {})
-    r = invoke("train", "--out", str(run), "--root", str(root), "--data", str(small), "--layer-steps", "3",
+    r = invoke("train", "--config", "mini", "--out", str(run), "--root", str(root), "--data", str(small), "--layer-steps", "3",
                  "--batch", "16")
     assert r.exit_code == 0, r.output
     return run, root, small

@@ -93,6 +93,8 @@ def test_builtin_configs_and_parameter_count():
     assert 0.9e9 < sum(le.parameter_counts()) < 1.1e9  # "about 1 billion connections"
     mini = load_config("mini")
     assert mini.stage_shapes()[-1]["lcn"] == (3, 3)
+    f = load_config("faces32")  # the default run: pypi-faces, input LCN, 72 top neurons
+    assert f.data == "pypi-faces" and f.input_lcn == 13 and f.stage_shapes()[-1]["pool"] == (3, 3)
 
 
 @pytest.mark.parametrize("change,msg", [

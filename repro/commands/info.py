@@ -14,7 +14,7 @@ from repro.model.memory import estimate, flops_per_update, human
 
 
 @click.command("info")
-@click.option("--config", "config_name", default="mini", show_default=True, help="Built-in config name or a .toml path.")
+@click.option("--config", "config_name", default="faces32", show_default=True, help="Built-in config name (faces32, mini, le2012) or a .toml path.")
 @click.option("--ranks", default=1, show_default=True, type=click.IntRange(1), help="MPI ranks to plan for.")
 @click.option("--batch", default=None, type=click.IntRange(1), help="Minibatch size (default: the config's).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")

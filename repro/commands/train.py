@@ -9,7 +9,7 @@ from repro.experiments.train import resolve_config, train as run_training
 
 
 @click.command("train")
-@click.option("--config", "config_name", default=None, help="Built-in config or .toml path.  [default: mini]")
+@click.option("--config", "config_name", default=None, help="Built-in config (faces32, mini, le2012) or .toml path.  [default: faces32]")
 @click.option("--data", default=None, help="Dataset (manifest name or store folder); default: the config's.")
 @click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder.")
 @click.option("--out", "out", default=None, help="Run folder (default results/<timestamp>).")
@@ -26,7 +26,7 @@ from repro.experiments.train import resolve_config, train as run_training
 @click.pass_obj
 def train(obj, config_name, data, root, out, resume, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
           optimizer, seed, checkpoint_every, keep) -> None:
-    """Train a network (default: mini on the built-in data) on any number of MPI ranks, CPU or GPU."""
+    """Train a network (default: faces32 on the built-in pypi-faces data) on any number of MPI ranks, CPU or GPU."""
     if resume and out is None:
         raise click.BadParameter("--resume needs --out RUN (the run to continue)", param_hint="--resume")
     console = Console(stderr=True)

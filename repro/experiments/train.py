@@ -1,6 +1,6 @@
 """Greedy layer-wise RICA training of every stage, then optional joint fine-tuning.
 
-    repro train                                   # mini network on the built-in data, 1 rank
+    repro train                                   # faces32 on the built-in pypi-faces data, 1 rank
     mpiexec -n 4 repro train --config le2012 --data youtube-frames --device gpu --out results/le
     repro train --out results/le --resume         # continue an interrupted run
 
@@ -29,6 +29,7 @@ from repro.model.network import Network, apply_update, load_checkpoint, save_che
 from repro.model.optim import Optimizer
 
 
+DEFAULT_CONFIG = "faces32"  # what `repro train` trains when no --config is given
 DIVERGED = 1e3  # a phase whose loss grows this many times over its first step has diverged
 
 
@@ -153,7 +154,7 @@ def resolve_config(session: Session, config: str | None, resume: bool, overrides
         if config is not None and (ck_dir / "latest.json").exists():
             ckpt.check_compatible(ck_dir, load_config(config))
     else:
-        config = config or "mini"
+        config = config or DEFAULT_CONFIG
         cfg = load_config(config)
     kw = {k: v for k, v in overrides.items() if v is not None}
     if kw:
