@@ -46,6 +46,11 @@ def test_control_end_to_end(small_run) -> None:
     f = c["face_filter"]
     assert (f["source_count"], f["removed"], f["kept"]) == (240, int(faces.sum()), 240 - int(faces.sum()))
     assert 0 < f["removed"] < 240 and f["reused"] is False
+    # mini's frames say which hold a pasted face: the filter's recall is measured against them
+    face = np.asarray([r["face"] for r in open_store(small).records])
+    assert (f["with_face"], f["with_face_removed"]) == (int(face.sum()), int((faces & face).sum()))
+    assert f["recall"] == pytest.approx((faces & face).sum() / face.sum())
+    assert f["false_positive_rate"] == pytest.approx((faces & ~face).sum() / (~face).sum())
     assert Path(f["store"]) == root / "prepared" / "small-noface" / "train"
     assert (run / "control" / "checkpoints" / "latest.json").exists()
     ctl_train = json.loads((run / "control" / "train.json").read_text())
@@ -59,7 +64,7 @@ def test_control_end_to_end(small_run) -> None:
     assert c["drop"] == pytest.approx(base_ev["best_neuron"]["accuracy"] - ctl_ev["best_neuron"]["accuracy"])
     assert c["paper"] == {"baseline": 81.7, "faces_removed": 72.5}
     md = (run / "control.md").read_text()
-    assert "81.7%" in md and "72.5%" in md and f"removed {f['removed']:,} of 240" in md
+    assert "81.7%" in md and "72.5%" in md and f"removed {f['removed']:,} of 240" in md and "recall" in md
 
     # again: the filtered store and both evaluations are reused, the control run is already done
     r = invoke(*_args(run, root, small))

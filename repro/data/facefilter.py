@@ -92,26 +92,54 @@ def filter_faces(src: str | os.PathLike | Store, out: str | os.PathLike, det: Fa
             "detector": asdict(det)}
     writer = StoreWriter(out, plan)
     results, removed = [], 0
+    known = {"with_face": 0, "with_face_removed": 0, "without_face": 0, "without_face_removed": 0}
+    labelled = True  # every record says whether a face was placed in it (built-in sets): recall is measurable
     console = console or Console(stderr=True)
     with Progress(TextColumn("[bold]face filter"), BarColumn(), MofNCompleteColumn(), console=console) as prog:
         task = prog.add_task("filter", total=len(store))
         for s in range(len(store.shards)):
             gidx = store.shard_indices(s)
             res = writer.done(s)
+            srecs = store.shard_records(s)  # one shard's sidecar, not the whole index
             if res is None:
                 imgs = store.images(gidx)
                 has = detect(imgs, det, workers)
                 keep = np.nonzero(~has)[0]
-                srecs = store.shard_records(s)  # one shard's sidecar, not the whole index
                 recs = [{k: v for k, v in srecs[int(i)].items() if k not in ("shard", "offset", "sha256")}
                         for i in keep]
                 res = writer.write_shard(s, imgs[keep], recs)
+            else:  # resumed shard: which frames were kept is in its written records
+                kept_src = {r.get("sha256") for r in _written_records(writer, s)}
+                has = np.asarray([r.get("sha256") not in kept_src for r in srecs])
+            if labelled and all("face" in r for r in srecs):
+                face = np.asarray([bool(r["face"]) for r in srecs])
+                known["with_face"] += int(face.sum())
+                known["with_face_removed"] += int((face & has).sum())
+                known["without_face"] += int((~face).sum())
+                known["without_face_removed"] += int((~face & has).sum())
+            else:
+                labelled = False
             removed += len(gidx) - res.count
             results.append(res)
             prog.update(task, advance=len(gidx))
     summary = {"source": str(store.path), "source_count": len(store), "removed": removed,
                "kept": len(store) - removed, "detector": asdict(det)}
+    if labelled and known["with_face"]:
+        # measured against the faces the data set placed in its frames (their records say so)
+        summary.update(known, recall=known["with_face_removed"] / known["with_face"],
+                       false_positive_rate=known["without_face_removed"] / max(1, known["without_face"]))
     info = dict(store.index.get("info", {}))
     info["face_filter"] = summary
     writer.finish(store.shape, results, store.name, store.split, store.index.get("params", {}), info)
     return summary
+
+
+def _written_records(writer: StoreWriter, s: int) -> list[dict[str, Any]]:
+    """The records already written for shard ``s`` of a resumed filter run."""
+    import json
+
+    for name in (f"shard-{s:05d}.wip.jsonl", f"shard-{s:05d}.records.jsonl"):
+        p = writer.tmp / name
+        if p.is_file():
+            return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return []

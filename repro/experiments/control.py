@@ -107,8 +107,10 @@ def side_by_side(concept: str, base: dict[str, Any], ctrl: dict[str, Any], filt:
 
     def row(r: dict[str, Any]) -> dict[str, Any]:
         b = r["best_neuron"]
-        return {"best_neuron": {k: b.get(k) for k in ("layer", "sublayer", "index", "unit", "accuracy", "threshold")},
+        return {"best_neuron": {k: b.get(k) for k in ("layer", "sublayer", "index", "unit", "accuracy", "threshold",
+                                                      "auc")},
                 "held_out": r.get("held_out", {}).get("accuracy"),
+                "held_out_auc": r.get("held_out", {}).get("auc"),
                 "guessing": r.get("baselines", {}).get("guessing"),
                 "random_network": r.get("baselines", {}).get("random_network", {}).get("accuracy"),
                 "checkpoint_step": r.get("checkpoint_step")}
@@ -129,6 +131,7 @@ def markdown(r: dict[str, Any]) -> str:
         ("best neuron accuracy", report.pct(b["best_neuron"]["accuracy"]), report.pct(c["best_neuron"]["accuracy"]),
          report.paper_pct(r["paper"]["baseline"]), report.paper_pct(r["paper"]["faces_removed"])),
         ("best neuron, held out", report.pct(b["held_out"]), report.pct(c["held_out"]), None, None),
+        ("best neuron AUC (held out)", _auc(b), _auc(c), None, None),
         ("random network (same config)", report.pct(b["random_network"]), report.pct(c["random_network"]), None, None),
         ("guessing", report.pct(b["guessing"]), report.pct(c["guessing"]), "64.8%", "64.8%"),
         ("best neuron (layer, sublayer, index)",
@@ -138,6 +141,13 @@ def markdown(r: dict[str, Any]) -> str:
         ("training steps", b["train"].get("steps"), c["train"].get("steps"), None, None),
     ]
     pct_removed = 100.0 * f["removed"] / max(1, f["source_count"])
+    recall = ""
+    if "recall" in f:
+        recall = (f" Against the faces the data set placed in its frames, it caught {f['with_face_removed']:,} of "
+                  f"{f['with_face']:,} frames with a face (recall {100 * f['recall']:.1f}%) and removed "
+                  f"{f['without_face_removed']:,} of {f['without_face']:,} frames without one "
+                  f"({100 * f['false_positive_rate']:.1f}%): the control still trains on "
+                  f"{f['with_face'] - f['with_face_removed']:,} frames with faces.")
     det = f.get("detector", {})
     return "\n".join([
         f"# Control: faces removed from the training frames ({r['concept']})\n",
@@ -146,10 +156,15 @@ def markdown(r: dict[str, Any]) -> str:
         report.markdown_table(["", "baseline run", "faces removed", "paper: baseline", "paper: faces removed"], rows),
         f"The face filter (OpenCV Haar cascade `{det.get('cascade', '')}`, min_face {det.get('min_face')}, "
         f"min_neighbors {det.get('min_neighbors')}, upscaled to {det.get('upscale_to')} px) removed "
-        f"{f['removed']:,} of {f['source_count']:,} training frames ({pct_removed:.1f}%). "
+        f"{f['removed']:,} of {f['source_count']:,} training frames ({pct_removed:.1f}%).{recall} "
         f"Change of the best neuron's accuracy without faces: {-100 * r['drop']:+.1f} points "
         "(paper: 81.7% -> 72.5%, -9.2 points).\n",
     ])
+
+
+def _auc(r: dict[str, Any]) -> str | None:
+    a, h = r["best_neuron"].get("auc"), r.get("held_out_auc")
+    return None if a is None else f"{a:.3f}" + (f" ({h:.3f})" if h is not None else "")
 
 
 def control(session: Session, base_cfg: Any, train_store: Any, data_name: str, ts: Any, opt: Any, root: str,
