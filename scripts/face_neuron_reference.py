@@ -78,11 +78,15 @@ def summarise(per_seed: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, required=True, help="Folder for the runs (kept).")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/face-neuron-reference"), help="Folder for the runs (kept).")
     ap.add_argument("--root", type=Path, default=REPO / "data", help="Data root (pypi-faces is built there once).")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=REPO / "results" / "reference")
+    ap.add_argument("--markdown-only", action="store_true", help="Rewrite the .md from the existing JSON.")
     a = ap.parse_args()
+    if a.markdown_only:
+        rewrite(a.out)
+        return
     a.work.mkdir(parents=True, exist_ok=True)
     log = a.work / "log.txt"
     res: dict = {"seeds": a.seeds, "variants": {}}
@@ -90,7 +94,7 @@ def main() -> None:
                 "no-input-lcn": variant_config(a.work, "faces32-no-input-lcn", "no-input-lcn")}
     t0 = time.time()
     for vname, cfg in variants.items():
-        splits = ("test", "test-aligned", "val") if vname == "faces32" else ("test",)
+        splits = ("val", "test", "test-aligned") if vname == "faces32" else ("test",)
         per: dict[str, list] = {s: [] for s in splits}
         for seed in a.seeds:
             run = a.work / vname / f"seed{seed}"
@@ -99,9 +103,15 @@ def main() -> None:
             sh(["train", *(["--config", cfg] if cfg else []), "--seed", seed, "--out", run, "--root", a.root], log)
             for split in splits:
                 out = run if split == "test" else run / split
-                sh(["evaluate", "--checkpoint", run, "--root", a.root, "--split", split, "--seed", seed,
+                # on test, the neuron and threshold chosen on val are applied too (`transfer`)
+                frm = ["--neuron-from", run / "val"] if split == "test" and "val" in splits else []
+                sh(["evaluate", "--checkpoint", run, "--root", a.root, "--split", split, "--seed", seed, *frm,
                     *(["--out", out] if split != "test" else [])], log)
-                per[split].append(metrics(json.loads((out / "evaluate-faces.json").read_text())))
+                ev = json.loads((out / "evaluate-faces.json").read_text())
+                per[split].append(metrics(ev))
+                if "transfer" in ev:
+                    per.setdefault("val_to_test", []).append(
+                        {k: ev["transfer"][k] for k in ("accuracy", "auc")} | {"neuron": ev["transfer"]["neuron"]["index"]})
             if vname == "faces32":
                 sh(["control", "--checkpoint", run, "--root", a.root, "--seed", seed], log)
                 c = json.loads((run / "control.json").read_text())
@@ -125,7 +135,57 @@ def main() -> None:
     res["minutes"] = (time.time() - t0) / 60
     res["machine"] = {"cpus": os.cpu_count()}
     (a.out / "face-neuron-reference.json").write_text(json.dumps(res, indent=1, sort_keys=True))
-    print(f"wrote {a.out / 'face-neuron-reference.json'} in {res['minutes']:.0f} min")
+    (a.out / "face-neuron-reference.md").write_text(markdown(res))
+    print(f"wrote {a.out / 'face-neuron-reference.json'} and .md in {res['minutes']:.0f} min")
+
+
+def rewrite(out: Path) -> None:
+    """Only the Markdown again, from the JSON (``--markdown-only``)."""
+    (out / "face-neuron-reference.md").write_text(markdown(json.loads((out / "face-neuron-reference.json").read_text())))
+
+
+def markdown(res: dict) -> str:
+    """The tables of the reference: mean (min..max) over the seeds."""
+    def cell(d: dict, pct: bool = True) -> str:
+        if not isinstance(d, dict) or "mean" not in d:
+            return ""
+        f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.3f}")
+        return f"{f(d['mean'])} ({f(d['min'])}..{f(d['max'])})"
+
+    lines = [f"# Face neuron: reference runs (seeds {', '.join(map(str, res['seeds']))})\n",
+             "Made by `scripts/face_neuron_reference.py`; every number is the mean (min..max) over the seeds. "
+             "Accuracy in %, AUC as a fraction. 'Chosen on test' is the paper's protocol; 'held out' chooses "
+             "neuron and threshold on one half of the split and measures the other half.\n"]
+    v = res["variants"]["faces32"]
+    for split in ("test", "test-aligned", "val"):
+        t = v[split]
+        lines += [f"## faces32, `{split}` split (guessing {cell(t['guessing'])})\n",
+                  "| | chosen on the split: accuracy | AUC | held out: accuracy | held-out AUC |",
+                  "| --- | --- | --- | --- | --- |"]
+        for key, name in (("best_neuron", "best top neuron"), ("random_network", "random network"),
+                          ("one_layer", "one-layer network"), ("linear_filter", "linear filter, patches"),
+                          ("linear_filter_image", "linear filter, whole images")):
+            r = t[key]
+            lines.append(f"| {name} | {cell(r['accuracy'])} | {cell(r['auc'], False)} | {cell(r['held_out'])} | "
+                         f"{cell(r['held_out_auc'], False)} |")
+        lines.append("")
+    if "val_to_test" in v:
+        tt = v["val_to_test"]
+        lines += ["## The neuron and threshold chosen on `val`, applied to `test`\n",
+                  f"Accuracy {cell(tt['accuracy'])}, AUC {cell(tt['auc'], False)} (neurons "
+                  f"{', '.join(str(int(n)) for n in tt['neuron']['seeds'])}).\n"]
+    lines += ["## Ablations on `test` (best top neuron)\n", "| | chosen on test: accuracy | AUC | held out: accuracy | held-out AUC |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, t in (("faces32", v["test"]["best_neuron"]), ("every stage's LCN removed", res["variants"]["no-lcn"]["test"]["best_neuron"]),
+                    ("input LCN removed", res["variants"]["no-input-lcn"]["test"]["best_neuron"]),
+                    ("faces removed from training (OpenCV filter)", v["faces_removed"]["best_neuron"])):
+        lines.append(f"| {name} | {cell(t['accuracy'])} | {cell(t['auc'], False)} | {cell(t['held_out'])} | "
+                     f"{cell(t['held_out_auc'], False)} |")
+    f = v["faces_removed"]["face_filter"]
+    lines += ["", f"The face filter removed {int(f['removed']['mean']):,} of {int(f['source_count']['mean']):,} frames "
+              f"(the same frames for every seed); recall against the faces the data set placed "
+              f"{100 * f['recall']['mean']:.1f}%, false positives {100 * f['false_positive_rate']['mean']:.1f}%.\n"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ def info(ctx: click.Context, config_name: str, ranks: int, batch: int | None, js
     for col in ("stage", "sublayer", "output (maps x H x W)", "window / stride", "parameters (W1)"):
         t.add_column(col, justify="right" if col.startswith("param") else "left")
     layers = []
+    H, W = cfg.input_size
+    if cfg.input_lcn:  # the input's contrast normalisation keeps its size
+        t.add_row("input", "LCN (same size)", f"{cfg.channels} x {H} x {W}",
+                  f"{cfg.input_lcn}x{cfg.input_lcn}, sigma {cfg.input_lcn_sigma:g}, eps {cfg.input_lcn_eps:g}", "")
     for i, (s, shp) in enumerate(zip(cfg.stages, cfg.stage_shapes())):
         n = math.prod(cfg.weight_shape(i))
         rows = [("filter (LC)", shp["filter"], f"{s.filter}x{s.filter} / {s.stride}", n),

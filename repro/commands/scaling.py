@@ -12,6 +12,8 @@ from repro import atomic
 from rich.console import Console
 from rich.table import Table
 
+from repro.options import figure_options
+
 from repro.errors import ReproError
 
 
@@ -79,13 +81,14 @@ def _bytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
 @click.option("--fill", default=0.8, show_default=True, type=click.FloatRange(0.05, 1.0),
               help="--largest: fraction of that memory the estimate may take (a measured update may exceed its "
                    "estimate; allocators fragment).")
+@figure_options
 @click.option("--worker", is_flag=True, hidden=True)
 @click.option("--size", default=1, type=click.IntRange(1), hidden=True)
 @click.option("--worker-json", default=None, hidden=True)
 @click.pass_obj
 def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repeat, threads, timeout, out, breakdown,  # noqa: ANN001
                   project, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family,
-                  largest, memory, fill, worker, size, worker_json) -> None:
+                  largest, memory, fill, dpi, formats, worker, size, worker_json) -> None:
     """Weak and strong scaling of the fine-tuning update (each point its own mpiexec launch), or --project."""
     from repro.experiments import scaling as S
 
@@ -114,7 +117,9 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repe
            "notes": f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
                     f"on {os.cpu_count()} CPUs (other processes share them: timings are noisy)."}
     S.write_json_atomic(outdir / "sweep.json", doc)
-    S.plot(points, outdir / "sweep.png", f"{family} family, {doc['device']}, batch {batch}, {threads} thread(s)/rank")
+    for fmt in dict.fromkeys(formats):
+        S.plot(points, outdir / f"sweep.{fmt}", f"{family} family, {doc['device']}, batch {batch}, {threads} thread(s)/rank",
+               dpi=dpi)
     atomic.write_text(outdir / "README.md", S.markdown(doc))
     _print_points(con, points)
     if breakdown:

@@ -398,8 +398,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic.write_json(path, obj)
 
 
-def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Update time and efficiency against ranks, weak and strong (PNG, written atomically)."""
+def plot(points: list[dict[str, Any]], path: Path, title: str, dpi: int = 110) -> None:
+    """Update time and efficiency against ranks, weak and strong (format from the suffix, written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -431,7 +431,9 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    atomic.save_figure(fig, path, dpi=110)
+    from repro.report import figure_format
+
+    atomic.save_figure(fig, path, dpi=dpi, format=figure_format(path))
 
 
 def fmt_ms(p: dict[str, Any]) -> str:
