@@ -73,9 +73,6 @@ class Catalogue:
     orl: dict[str, Any]
     lfw: dict[str, Any]
 
-    def sources(self) -> list[Source]:
-        return self.photos + self.videos
-
 
 def _box(v: Any, where: str) -> tuple[int, int, int, int]:
     if not (isinstance(v, list) and len(v) == 4 and all(isinstance(a, int) and not isinstance(a, bool) for a in v)
@@ -161,10 +158,6 @@ def catalogue(m: Manifest) -> Catalogue:
     if lfw.get("split") != "train":
         raise ReproError(f"{where}: prepare.lfw_subset.split must be 'train' (its people are not labelled)")
     return Catalogue(out["photos"], out["videos"], orl, lfw)
-
-
-def packages_needed(m: Manifest) -> list[pypi.PackageFile]:
-    return list(m.packages)
 
 
 # ------------------------------------------------------------------ decoding

@@ -32,18 +32,12 @@ from repro.engine.comm import World
 from repro.errors import ReproError
 from repro.experiments.scoring import (N_THRESHOLDS, Scores, accuracy_at, auc, held_out_split,
                                        stratified_halves, threshold_scores)
+from repro.experiments.testset import as_float
 from repro.model.config import NetworkConfig
 from repro.model.network import Network, standardize
 
 FILTER_CHUNK = 256  # linear filters per unit of work (global, so any rank count computes alike)
 READINGS = ("patch", "image")
-
-
-def as_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (B, H, W[, C]) -> float32 (B, C, H, W) in [0, 1] (as training reads them)."""
-    from repro.data.loader import to_float
-
-    return to_float(images)
 
 
 def _zero_mean_unit_norm(out: np.ndarray) -> np.ndarray:

@@ -142,7 +142,7 @@ def test_set_names(concept: str, train_data: str | list[str], data: tuple[str, .
 def open_test_set(session: Session, names: list[str], root: str, split: str = "test", console: Any = None) -> Any:
     """The labeled images of ``split`` of every named store, as one evaluate ``TestSet``."""
     from repro.data.prepare import require_store, resolve_dataset
-    from repro.experiments.evaluate import TestSet
+    from repro.experiments.testset import TestSet
 
     stores = []
     for n in names:

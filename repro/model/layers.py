@@ -209,7 +209,6 @@ class Stage:
         """
         if self.reconstruct == "window":
             return self._rica_window(c, W1, W2, dz, need_input_grad, dW1_out, dW2_out)
-        xp = get_array_module(c.y)
         B = c.y.shape[0]
         inv_b = 1.0 / B
         r = self.filter.transpose(c.y, W2, c.xw.shape) - c.a.data  # residual on the input's tile
@@ -217,14 +216,21 @@ class Stage:
             loss = self.w.allreduce_sum(float((r * r).sum()) + self.lam * float(c.p.sum())) * inv_b
         g = r * (2.0 * inv_b)  # d loss / d reconstruction
         dy, dW2 = self.filter.transpose_backward(DistArray(g, self.layout.part_in, self.w), c.y, W2, dW2_out)
+        da, dW1 = self._encoder_backward(c, dy, W1, dz, need_input_grad, dW1_out, inv_b)
+        if da is not None:
+            da = da - g  # the reconstruction target x is the input too
+        return loss, dW1, dW2, da
+
+    def _encoder_backward(self, c: StageCache, dy: Any, W1: Any, dz: Any, need_input_grad: bool, dW1_out: Any,
+                          inv_b: float) -> tuple[Any, Any]:
+        """(d input, dW1) from the reconstruction's gradient ``dy`` w.r.t. the filter output plus the
+        sparsity term's (and, in fine-tuning, the later stages' ``dz``) through pooling and LCN."""
+        xp = get_array_module(c.y)
         dp = xp.full(c.p.shape, self.lam * inv_b, dtype=c.p.dtype)
         if dz is not None:
             dp = dp + self.lcn.backward(dz, c.pw)
         dy = dy + self.pool.backward(dp, c.yw, c.p)
-        da, dW1 = self.filter.backward(dy, c.xw, W1, need_input_grad, dW_out=dW1_out)
-        if da is not None:
-            da = da - g  # the reconstruction target x is the input too
-        return loss, dW1, dW2, da
+        return self.filter.backward(dy, c.xw, W1, need_input_grad, dW_out=dW1_out)
 
     def _rica_window(self, c: StageCache, W1: Any, W2: Any, dz: Any, need_input_grad: bool, dW1_out: Any,
                      dW2_out: Any) -> tuple[float, Any, Any, Any]:
@@ -262,11 +268,7 @@ class Stage:
             if ty * tx:
                 yy = xp.einsum("bfyx,bgyx->yxfg", y, y)
                 dW2 += (xp.einsum("yxfg,yxgd->yxfd", yy, W2r) * (2.0 * inv_b)).reshape(W2.shape)
-        dp = xp.full(c.p.shape, self.lam * inv_b, dtype=c.p.dtype)
-        if dz is not None:
-            dp = dp + self.lcn.backward(dz, c.pw)
-        dy = dy_rec + self.pool.backward(dp, c.yw, c.p)
-        da, dW1 = self.filter.backward(dy, c.xw, W1, need_input_grad, dW_out=dW1_out)
+        da, dW1 = self._encoder_backward(c, dy_rec, W1, dz, need_input_grad, dW1_out, inv_b)
         if da is not None:
             # - 2 W2^T y + 2 x of every window, summed into the input where windows overlap
             with timed("decoder W2 y"):
