@@ -12,10 +12,9 @@ except ImportError:  # pragma: no cover
 
 from test_data_helpers import cli
 from repro.data import manifest
-from repro.data.builtin import MINI_MANIFEST
 from repro.errors import ReproError
 
-REQUIRED = ["lfw", "cat-heads", "daimler-pedestrians", "imagenet-negatives", "youtube-frames", "mini"]
+REQUIRED = ["lfw", "cat-heads", "daimler-pedestrians", "imagenet-negatives", "youtube-frames", "mini", "pypi-faces"]
 
 
 def test_shipped_manifests_parse():
@@ -27,14 +26,25 @@ def test_shipped_manifests_parse():
         assert m.splits
 
 
-def test_mini_manifest_in_code_matches_file():
-    f = manifest.manifests_dir() / "mini.toml"
-    assert tomllib.loads(f.read_text()) == tomllib.loads(MINI_MANIFEST)
+def test_manifests_ship_inside_the_package():
+    """A wheel carries the manifests (package data); the root's data_manifests/ points there."""
+    import repro
+
+    assert manifest.BUILTIN_DIR == manifest.Path(repro.__file__).resolve().parent / "data_manifests"
+    assert (manifest.BUILTIN_DIR / "mini.toml").is_file() and (manifest.BUILTIN_DIR / "pypi-faces.toml").is_file()
 
 
-def test_mini_works_without_manifests_dir(monkeypatch, tmp_path):
+def test_your_manifests_come_first_and_the_shipped_ones_stay(monkeypatch, tmp_path):
+    """$REPRO_MANIFESTS adds manifests and may override a shipped one by name; the rest stay."""
+    own = tomllib.loads((manifest.BUILTIN_DIR / "mini.toml").read_text())
+    text = (manifest.BUILTIN_DIR / "mini.toml").read_text().replace("frames = 4000", "frames = 100")
+    (tmp_path / "mini.toml").write_text(text)
+    (tmp_path / "mine.toml").write_text(GOOD.replace('name = "x"', 'name = "mine"'))
     monkeypatch.setenv("REPRO_MANIFESTS", str(tmp_path))
-    assert manifest.load("mini").kind == "builtin"
+    assert manifest.load("mini").prepare.extra["frames"] == 100 != own["prepare"]["frames"]
+    assert manifest.load("lfw").path.parent == manifest.BUILTIN_DIR
+    names = [p.stem for p in manifest.available()]
+    assert "mine" in names and "lfw" in names and names.count("mini") == 1
 
 
 GOOD = """name = "x"\nrole = "test"\nconcept = "faces"\nkind = "local"\ndescription = "d"\nlicence = "l"\ncitation = "c"

@@ -3,7 +3,7 @@
 Why: the default run and the tests need real pixels with real faces in them, in seconds, on any
 machine. It mirrors the paper's setup at toy scale; it is not meant to reproduce the paper's numbers.
 
-How it is built (defaults of ``data_manifests/mini.toml``; all knobs live in its ``[prepare]``):
+How it is built (defaults of ``repro/data_manifests/mini.toml``; all knobs live in its ``[prepare]``):
 
 * ``skimage.data.lfw_subset()``: 100 face and 100 non-face 25x25 grey crops. Each group is split
   50/50 by a fixed permutation (``split_seed`` = 2012, independent of the training seed, so the test
@@ -44,44 +44,6 @@ from rich.console import Console
 from repro.data.manifest import Manifest
 from repro.data.store import is_complete, open_store, write_store
 from repro.errors import ReproError
-
-MINI_MANIFEST = '''\
-# The built-in small data set: no network, real images that ship with scikit-image.
-# It serves the default run and the tests, not the paper's numbers (see repro/data/builtin.py).
-name = "mini"
-role = "unlabeled"
-concept = "faces"
-kind = "builtin"
-description = "Unlabeled 32x32 grey frames from scikit-image's sample photographs with lfw_subset faces pasted into 35% of them (train, 4000), and a labeled faces-vs-distractors test set (test, 100 faces + 200 distractors)."
-licence = "scikit-image sample data: public domain / CC0 or as listed in skimage/data/README.txt; lfw_subset: Labeled Faces in the Wild (research use)"
-citation = "van der Walt et al. 2014, scikit-image: image processing in Python, PeerJ 2:e453; Huang et al. 2007, Labeled Faces in the Wild, UMass TR 07-49"
-
-[expected]
-train = 4000
-test = 300
-positives = 100
-negatives = 200
-
-[prepare]
-size = [32, 32]
-grey = true
-shard_size = 1000
-seed = 0
-splits = ["train", "test"]
-frames = 4000
-face_fraction = 0.35
-patch_fraction = 0.15
-face_scale = [0.45, 0.9]
-crop_scale = [0.25, 1.0]
-split_seed = 2012
-train_faces = 50
-train_nonfaces = 50
-test_photo_crops = 100
-mirror_test = true
-train_photos = ["chelsea", "coffee", "moon", "page", "text", "grass", "gravel", "hubble_deep_field", "retina", "cell", "clock", "colorwheel", "horse", "logo", "microaneurysms"]
-test_photos = ["rocket", "coins", "brick", "immunohistochemistry"]
-'''
-
 
 def _grey_photo(name: str) -> np.ndarray:
     """A scikit-image sample as grey uint8, without letting pooch go to the network."""

@@ -9,7 +9,8 @@
     repro data filter-faces mini              # -> data/prepared/mini-noface/train (control experiment)
     repro data bench mini                     # loader images/s
 
-NAME is a manifest in data_manifests/ (or $REPRO_MANIFESTS) or a path to a manifest file.
+NAME is a manifest shipped in repro/data_manifests/ (or in $REPRO_MANIFESTS, which comes first) or a
+path to a manifest file.
 """
 from __future__ import annotations
 
@@ -32,24 +33,20 @@ def _console() -> Console:
 
 @click.group("data")
 def data() -> None:
-    """Get and prepare the data sets (manifests in data_manifests/)."""
+    """Get and prepare the data sets (manifests in repro/data_manifests/ and $REPRO_MANIFESTS)."""
 
 
 @data.command("list")
 @root_option
 def list_cmd(root: Path) -> None:
     """Known manifests and whether they are fetched / prepared under ROOT."""
-    from repro.data.manifest import available, load, manifests_dir
+    from repro.data.manifest import available, load, manifest_dirs
 
-    t = Table(title=f"manifests in {manifests_dir()}")
+    t = Table(title="manifests in " + " and ".join(str(d) for d in manifest_dirs()))
     t.add_column("name", no_wrap=True)
     for c in ("role", "kind", "expected", "fetched", "prepared"):
         t.add_column(c)
-    paths = available()
-    names = [p.stem for p in paths]
-    if "mini" not in names:
-        names.append("mini")
-    for n in sorted(names):
+    for n in [p.stem for p in available()]:
         try:
             m = load(n)
         except ReproError as e:

@@ -36,10 +36,10 @@ Schema (fields marked * are required)::
     glob = "lfw/**/*.jpg"               # relative to raw/<name>/ (or to the `--from` folder)
     list = "negatives.txt"              # alternatively a text file listing paths, one per line
 
-Lookup: a NAME is ``<manifests dir>/<NAME>.toml``; the manifests dir is ``$REPRO_MANIFESTS`` if set,
-else the repo's ``data_manifests/``, else ``repro/data_manifests/`` (package data of a wheel, as
-declared in setup.cfg). The built-in ``mini`` manifest also lives in code, so the default run works
-from any install.
+Lookup: a NAME is ``<dir>/<NAME>.toml`` in ``$REPRO_MANIFESTS`` if set and the file is there (your
+own manifests, or your edited copy of a shipped one), else in ``repro/data_manifests/``, shipped
+with the package (package data in setup.cfg; ``data_manifests/`` at the repository root points
+there).
 """
 from __future__ import annotations
 
@@ -63,24 +63,29 @@ CROPS = ("center", "none", "cat-head")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def manifests_dir() -> Path:
-    """The folder NAMEs resolve in: ``$REPRO_MANIFESTS``, the repo's ``data_manifests/``, or package data."""
-    env = os.environ.get("REPRO_MANIFESTS")
-    if env:
-        return Path(env)
-    import repro
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data_manifests"  # shipped with the package
 
-    pkg = Path(repro.__file__).resolve().parent
-    repo = pkg.parent / "data_manifests"
-    if repo.is_dir():
-        return repo
-    return pkg / "data_manifests"
+
+def manifest_dirs() -> list[Path]:
+    """Where NAMEs resolve, first match wins: ``$REPRO_MANIFESTS`` (your own manifests, which may
+    override a shipped one by name), then the manifests shipped in the package."""
+    env = os.environ.get("REPRO_MANIFESTS")
+    return ([Path(env)] if env else []) + [BUILTIN_DIR]
+
+
+def manifests_dir() -> Path:
+    """The first of :func:`manifest_dirs` (what `repro data list` names in its title)."""
+    return manifest_dirs()[0]
 
 
 def available() -> list[Path]:
-    """All manifest files that ``repro data list`` shows."""
-    d = manifests_dir()
-    return sorted(d.glob("*.toml")) if d.is_dir() else []
+    """All manifest files that ``repro data list`` shows (a name in ``$REPRO_MANIFESTS`` hides the
+    shipped one of that name)."""
+    seen: dict[str, Path] = {}
+    for d in manifest_dirs():
+        for p in sorted(d.glob("*.toml")) if d.is_dir() else []:
+            seen.setdefault(p.stem, p)
+    return sorted(seen.values(), key=lambda p: p.stem)
 
 
 @dataclass
@@ -256,12 +261,9 @@ def load(name_or_path: str | os.PathLike) -> Manifest:
     if looks_like_path:
         path = Path(s)
     else:
-        path = manifests_dir() / f"{s}.toml"
+        path = next((d / f"{s}.toml" for d in manifest_dirs() if (d / f"{s}.toml").is_file()),
+                    manifests_dir() / f"{s}.toml")
         if not path.is_file():
-            if s == "mini":  # the default run must work from any install
-                from repro.data.builtin import MINI_MANIFEST
-
-                return parse(tomllib.loads(MINI_MANIFEST), None, "mini")
             names = ", ".join(p.stem for p in available()) or "none"
             raise ReproError(f"{path}: no such manifest (known: {names})")
     try:
