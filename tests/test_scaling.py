@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from repro.engine.timing import TIMER, profile_network, profile_update, timed
+from repro.engine.timing import TIMER, profile_network, timed
+from repro.experiments.breakdown import profile_update
 from repro.experiments import scaling as S
 from repro.errors import ReproError
 from repro.model.config import from_dict

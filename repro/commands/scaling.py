@@ -125,7 +125,7 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repe
     if breakdown:
         weak = [p for p in points if p["mode"] == "weak"] or points
         p = max(weak, key=lambda q: (q["ranks"], q["size"]))
-        from repro.engine.timing import Breakdown
+        from repro.experiments.breakdown import Breakdown
 
         b = p["breakdown_rank0"]
         bd = Breakdown([(r["stage"], r["phase"], r["op"], r["seconds"], r["calls"]) for r in b["rows"]],

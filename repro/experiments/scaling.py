@@ -234,7 +234,8 @@ def rank_memory_bytes(xp: Any, w: Any) -> int:
 def measure(cfg: NetworkConfig, batch: int, steps: int, xp: Any = np, seed: int = 0) -> dict[str, Any]:
     """Time ``steps`` fine-tuning updates on the current world; rank 0's dict has everyone's figures."""
     from repro.engine.comm import world
-    from repro.engine.timing import profile_update, synchronize
+    from repro.engine.timing import synchronize
+    from repro.experiments.breakdown import profile_update
     from repro.model.network import Network, apply_update
     from repro.model.optim import Optimizer
 
