@@ -11,6 +11,7 @@ import click
 
 from repro import __version__
 from repro.engine import comm
+from repro.options import ReproGroup
 
 
 @dataclass
@@ -20,7 +21,7 @@ class Obj:
     device: str = "auto"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReproGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="repro")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", envvar="REPRO_DEVICE",
               show_default=True, help="Array backend: NumPy on CPU or CuPy on GPU (auto = GPU if CuPy sees one).")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             raise KeyboardInterrupt from None
         except click.ClickException as exc:
             if comm.world().size > 1:
-                comm._report_and_abort(f"Error: {exc.format_message()}", exc.exit_code)
+                comm.report_and_abort(f"Error: {exc.format_message()}", exc.exit_code)
             exc.show()
             sys.exit(exc.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)

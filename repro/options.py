@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from repro.errors import ReproError
+
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
@@ -13,3 +15,14 @@ def figure_options(f):  # noqa: ANN001, ANN201
                      show_default=True, help="Figure format; repeat for several (png for screens, pdf/svg for slides).")(f)
     return click.option("--dpi", type=click.IntRange(30, 1200), default=150, show_default=True,
                         help="Resolution of raster figures.")(f)
+
+
+class ReproGroup(click.Group):
+    """A command group whose commands' ``ReproError`` becomes Click's one ``Error:`` line (exit 1),
+    so the layers below the command line raise a plain exception and never import Click."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ReproError as exc:
+            raise click.ClickException(exc.message) from None

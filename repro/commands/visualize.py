@@ -10,7 +10,7 @@ import numpy as np
 from rich.console import Console
 
 from repro.errors import ReproError
-from repro.options import figure_options
+from repro.options import ReproGroup, figure_options
 
 
 def open_run(device: str, checkpoint: str, config_name: str | None) -> tuple[Any, Any]:
@@ -94,7 +94,7 @@ def _setup(obj: Any, run: str, config_name: Any, concept: str, layer: Any, subla
     return session, net, neuron, store, console, ev
 
 
-@click.group("visualize")
+@click.group("visualize", cls=ReproGroup)
 def visualize() -> None:
     """Pictures of the best neuron: top test images, optimal stimulus, invariance curves."""
 

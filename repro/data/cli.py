@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from repro.errors import ReproError
+from repro.options import ReproGroup
 
 root_option = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default="data",
                            envvar="REPRO_DATA", show_default=True,
@@ -31,7 +32,7 @@ def _console() -> Console:
     return Console(stderr=True)
 
 
-@click.group("data")
+@click.group("data", cls=ReproGroup)
 def data() -> None:
     """Get and prepare the data sets (manifests in repro/data_manifests/ and $REPRO_MANIFESTS)."""
 

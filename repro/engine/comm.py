@@ -112,7 +112,8 @@ def cuda_aware_mpi() -> bool:
     return "cuda" in version and "open mpi" in version and os.environ.get("OMPI_MCA_opal_cuda_support") == "true"
 
 
-def _report_and_abort(message: str, code: int) -> None:
+def report_and_abort(message: str, code: int) -> None:
+    """Print one message (rank 0's first) and end the job with ``code``: every rank under MPI."""
     w = world()
     if w.size > 1:
         if w.rank != 0:
@@ -141,14 +142,14 @@ def abort_on_error(user_errors: tuple[type[BaseException], ...] = ()) -> Iterato
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code != 0 and world().size > 1:
-            _report_and_abort(f"error: exit code {code}", code)
+            report_and_abort(f"error: exit code {code}", code)
         raise
     except KeyboardInterrupt:
-        _report_and_abort("interrupted", 130)
+        report_and_abort("interrupted", 130)
     except user_errors as exc:
-        _report_and_abort(f"error: {exc}", 1)
+        report_and_abort(f"error: {exc}", 1)
     except BaseException:
-        _report_and_abort(traceback.format_exc(), 1)
+        report_and_abort(traceback.format_exc(), 1)
 
 
 def sum_in_rank_order(local: np.ndarray, w: World | None = None) -> np.ndarray:
