@@ -133,7 +133,7 @@ def data_cli():
     (``test_data_manifest.test_registered_in_repro_cli`` checks the real registration)."""
     import click
 
-    from repro.data.cli import data
+    from repro.commands.data import data
 
     g = click.Group("repro")
     g.add_command(data)

@@ -12,7 +12,7 @@ def register(cli: click.Group) -> None:
     from repro.commands.train import train
     from repro.commands.visualize import visualize
     from repro.commands.control import control
-    from repro.data.cli import data
+    from repro.commands.data import data
 
     cli.add_command(info)
     cli.add_command(export)
