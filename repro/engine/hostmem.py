@@ -3,9 +3,8 @@
 A training step allocates and frees the same temporaries every time (activations, gathered
 columns, accumulators, layout copies). glibc returns freed memory at the top of the heap to the
 system once more than a dynamic threshold is free, and serves large requests with fresh mmaps, so
-every step page-faults its temporaries back in. On a VM each fault is expensive: in the 1-rank
-fine-tuning update of the scaling family (``repro scaling-sweep``, 1 thread) the process took
-8374 minor faults per update and 71-73 ms; with freed memory kept, 0 faults and 41-47 ms.
+every step page-faults its temporaries back in, which on a VM costs a large share of a small
+update (the measurement is in the README's Performance section).
 
 ``keep_freed_memory`` sets glibc's mmap threshold to its largest value (32 MiB: larger requests
 still get their own mapping) and the trim threshold to 1 GiB, so steps reuse the heap. The

@@ -2,24 +2,13 @@
 
 The CPU kernels work batch-last (``xt[c, y, x, b]``: a window row is k*B contiguous numbers), so
 each call moves the batch axis of its input to the end and that of its output (y, dx) back to the
-front.
-Those are 2-D transposes of a (B, N) matrix. NumPy copies a transposed view element by element
-along the destination, reading the source with a stride of N numbers: with B = 100 and
-N = 8*48*48 the Coates-like input took 5.4 ms on one core, a quarter of the forward pass.
-Copying tile by tile (each tile's source rows stay in L1/L2) on the kernel thread pool takes
-1.8 ms (2-core EPYC; figures in results/reference/kernels-cpu.md).
-
-float32 goes through OpenCV's ``cv2.transpose`` (a runtime dependency already; it releases the
-GIL), whose blocked SIMD transpose is 2-3x faster than NumPy's element-wise copy of a tile: the
-Coates-like input 0.6-0.9 ms against 1.7-1.8 ms for the tiled NumPy copy (best of 11-31, one
-process). Above _MIN_THREADED_BYTES the array is cut into slabs of about _SLAB_BYTES of source
-on the kernel thread pool (a 59 MB (100, 147456) transpose: 9-11 ms against 19-21 ms in one
-call). Its float64 transpose is not faster than NumPy's, so other dtypes keep the NumPy path.
-
-NumPy path, tile shapes (measured, float32): moving the batch last, the source is (B, N) with B
-small, and tiles of 16 source rows by 2048 columns were best (2.9x faster than NumPy's copy);
-moving it back, the source is (N, B) and tiles of 512 rows by 64 columns were best (1.3-2.4x).
-Below _MIN_TILED_BYTES NumPy's own copy is as fast or faster (100 x 5184: 0.6 ms against 1.0).
+front. Those are 2-D transposes of a (B, N) matrix, and NumPy's element-wise transposed copy reads
+the source with a stride of N numbers: at the paper's shapes a quarter of the forward pass.
+So the copy is blocked: float32 goes through OpenCV's SIMD ``cv2.transpose`` (already a dependency;
+it releases the GIL), cut into slabs on the kernel thread pool above _MIN_THREADED_BYTES; other
+dtypes use NumPy copies tile by tile, whose tile shapes (16 x 2048 moving the batch last, 512 x 64
+moving it back) and thresholds were the fastest measured. Below _MIN_TILED_BYTES NumPy's own copy
+is as fast. Figures: results/reference/kernels-cpu.md.
 """
 from __future__ import annotations
 
@@ -31,7 +20,7 @@ from repro.engine.kernels._parallel import map_chunks, n_threads
 
 _MIN_TILED_BYTES = 3 << 20
 _TILE = 1 << 15  # numbers per tile
-_MIN_THREADED_BYTES = 4 << 20  # OpenCV path: one call below this (32 x 18432: 0.3 ms, threaded 0.5)
+_MIN_THREADED_BYTES = 4 << 20  # OpenCV path: below this one call beats the thread pool
 _SLAB_BYTES = 1 << 19  # OpenCV path: source bytes per call (100-row source: 1310 columns)
 _INT_MAX = 2**31 - 1  # cv::Mat sizes are C ints
 

@@ -94,11 +94,10 @@ def single_threaded_blas() -> Iterator[None]:
 
 # NumPy ufuncs run non-contiguous operands through small buffers (np.getbufsize(), 8192 elements):
 # each block is copied in, added, and copied back. For ``window += block`` on a strided window whose
-# rows are contiguous runs of k*B numbers, that made the add 2-3x slower per number than on
-# contiguous arrays (NumPy 2.4, float32: 144 runs of 576, 27 us buffered, 14 us with buffers smaller
-# than a run, 7 us contiguous). With a buffer smaller than a run the iterator walks the view in
-# place instead. That only pays for long runs: 80k numbers in runs of n took, buffered / in place,
-# 5.6 / 12.5 us (n = 32), 4.0 / 4.4 (128), 4.0 / 3.2 (256), 4.0 / 2.4 (576).
+# rows are contiguous runs of k*B numbers, that makes the add several times slower per number than
+# on contiguous arrays. With a buffer smaller than a run the iterator walks the view in place
+# instead, which pays only for long runs (measured: from about 256 numbers on; the figures are in
+# results/reference/kernels-cpu.md).
 _UNBUFFERED_SIZE = 16
 _UNBUFFERED_MIN_RUN = 256
 

@@ -1,6 +1,6 @@
 """Locally connected (untied) layer as block-sparse batched GEMM.
 
-Public layout (see DESIGN.md): input ``x[b, c, y, x]``, weights ``W[oy, ox, f, c, ky, kx]``,
+Public layout (the contract in ARCHITECTURE.md): input ``x[b, c, y, x]``, weights ``W[oy, ox, f, c, ky, kx]``,
 ``y[b, f, oy, ox] = sum_{c,ky,kx} W[oy, ox, f, c, ky, kx] * x[b, c, oy*s + ky, ox*s + kx]``.
 
 Why this shape of code (Coates et al. 2013): the F neurons at one output location share one
@@ -15,29 +15,18 @@ copy of long contiguous runs, and the per-location GEMMs become
     backward-data    dc_l (K, B) = W_l^T (K, F) @ dy_l (F, B)      then col2im scatter-add
     backward-weights dW_l^T (K, F) = cols_l (K, B) @ dy_l^T (B, F)
 
-with K = C*k*k. On CPUs the locations are cut into chunks so the gathered columns stay in
-cache and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS). Moving the
-batch axis (x in, y and dx out, dy per location) is a threaded 2-D transpose (``_layout.py``: the
-Coates-like input 5.4 ms with NumPy's element-wise transposed copy, 0.6-0.9 ms through OpenCV).
-The forward GEMMs write each y_l straight into a batch-last (F, L, B) array (an (F, B) matrix of
-row stride L*B, which BLAS takes as it is), moved batch-first by one transpose at the end:
-Coates-like forward best 16.9 ms against 18.3 ms scattering each chunk's (F, B) results into
-y (B, F, L) as they came.
-
-Backward-weights on CPUs computes dW_l^T (K, F) = cols_l (K, B) @ dy_l^T (B, F), the long K axis
-as GEMM rows, into a per-thread scratch block, and moves each (K, F) block into dW_l (F, K) while
-it is in cache (``transpose_into``: OpenCV for float32). Coates-like, best of 41 paired rounds:
-18.8 ms against 22.3 ms for the earlier scheme, dy_l (F, B) @ cols_l (B, K) on batch-first
-columns gathered from x in runs of only k numbers (the gather alone took 5.2 ms). Le-like, the
-same orientation with NumPy's element-wise transpose before: no difference beyond the noise in
-wall time, 6-9% less CPU time (median and best; results/reference/kernels-cpu.md).
+with K = C*k*k. On CPUs the locations are cut into chunks so the gathered columns stay in cache,
+and the chunks run on a thread pool (NumPy releases the GIL in copies and BLAS). The batch axis is
+moved by a threaded blocked transpose (``_layout.py``). The forward writes each y_l straight into a
+batch-last array that BLAS accepts as it is, and backward-weights puts the long K axis on the GEMM
+rows and moves each block into dW while it is in cache: each of these choices was measured against
+the simpler one it replaced (results/reference/kernels-cpu.md).
 
 GPUs take a separate path (``_forward_gpu``, ``_backward_weights_gpu``, ``_backward_data_grouped``;
 tests run it on NumPy through ``_FORCE_GENERIC``): no batch-last copy (strided gathers are cheap
 there), chunks of n = _GPU_CHUNK_BYTES // (K*B*itemsize) locations, and every temporary is one
 chunk, so a call needs at most ``lc_workspace_bytes(..., gpu=True)`` = n*B*(K+F)*itemsize beyond
-its inputs and output (the paper's 158x158-location layer with batch 100 once needed 26 GB of
-backward-data columns; now 256 MiB).
+its inputs and output, whatever the layer's size.
 """
 from __future__ import annotations
 
@@ -55,10 +44,10 @@ Array = Any
 # Bytes of gathered columns per chunk. CPU: about an L2-to-L3 sized block so the gather and
 # the GEMM that reads it share the cache. GPU: large, only to bound the temporary.
 # Backward-weights moves each location's (K, F) block into dW_l (F, K): one OpenCV call per block,
-# or for blocks under this many numbers one NumPy copy per chunk (measured per block: 2.0 against
-# 1.5 us at 256 x 16, 3.2 against 3.5 at 512 x 16, 7.4 against 10.1 at 1024 x 16).
+# or, for blocks under this many numbers, one NumPy copy per chunk, whichever was faster per
+# block size (results/reference/kernels-cpu.md).
 _BATCHED_MOVE_MAX = 8192
-_CPU_CHUNK_BYTES = 3 << 20  # measured: 1-4 MiB best on a 2-core EPYC; small-F shapes like larger
+_CPU_CHUNK_BYTES = 3 << 20  # the best of 1-4 MiB measured (results/reference/kernels-cpu.md)
 _GPU_CHUNK_BYTES = 1 << 28
 
 
@@ -126,8 +115,8 @@ def _output(xp: Any, out: Array | None, shape: tuple[int, ...], dtype: Any) -> A
 
 def _per_location(dy: Array) -> Array:
     """(B, F, OY, OX) -> (L, F, B) view, L = OY*OX, of a contiguous (F, L, B) copy (CPU): each
-    dyt[l] is an (F, B) matrix with row stride L*B, which BLAS takes as it is (one transpose of
-    dy, not two: Coates-like dy 0.7 ms, a contiguous (L, F, B) made from the copy 3.1 ms)."""
+    dyt[l] is an (F, B) matrix with row stride L*B, which BLAS takes as it is, so dy is transposed
+    once, not twice."""
     B, F, OY, OX = dy.shape
     return batch_last(dy).reshape(F, OY * OX, B).transpose(1, 0, 2)
 
@@ -193,9 +182,8 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int, out:
     """dW[oy, ox, f, c, ky, kx]: per location one GEMM over the batch, all batched.
 
     out: a C-contiguous array of dW's shape and dtype (same device) to write into and return,
-    e.g. the previous step's gradient. On CPUs a fresh weight-sized output costs its page faults
-    on every call (Coates-like, 42 MB: 28-38% of the dense-GEMM rate with a new output, 45-50%
-    with ``out``; results/reference/kernels-cpu.md).
+    e.g. the previous step's gradient: on CPUs a fresh weight-sized output costs its page faults
+    on every call (results/reference/kernels-cpu.md).
     """
     xp = get_array_module(x, dy)
     B, C, H, Wd = x.shape
@@ -381,9 +369,8 @@ def _backward_data_grouped(Wm: Array, dy: Array, in_shape: tuple, OY: int, OX: i
 def _backward_data_blocks(Wt: Array, dyt: Array, shape_t: tuple, OY: int, OX: int, k: int, s: int) -> Array:
     """CPU path: per-thread accumulators, cache-sized chunks (whole rows where one fits), and per
     chunk the fewest adds: by offset (_add_by_offset), by groups of windows (_add_windows), or one
-    per location. Paired against one add per location on one thread (best of 31 rounds,
-    results/reference/kernels-cpu.md): the scaling family's first layer 2.85 -> 2.08 ms, mini's
-    first 0.55 -> 0.22 ms; the Le- and Coates-like shapes unchanged."""
+    per location. Small layers are bound by the number of NumPy calls, so fewer adds make them
+    faster; large ones are unchanged (results/reference/kernels-cpu.md)."""
     C, H, Wd, B = shape_t
     L, K, F = Wt.shape
     sub = _chunk_size(np, L, K * B * Wt.itemsize)
@@ -464,7 +451,7 @@ def _add_windows(acc: Array, dc: Array, r0: int, q0: int, s: int) -> None:
             if my == nx == 1:  # a group of one window: a plain slice is cheaper than a strided view
                 acc[:, y : y + k, x : x + k, :] += dc[a, b]
                 continue
-            # the view built directly (as_strided takes 5-6 us, this under 1: the adds are small)
+            # the view built directly: as_strided's own overhead would outweigh these small adds
             tgt = np.ndarray((my, nx, C, k, k, B), acc.dtype, acc, y * sh + x * sw,
                              (q * s * sh, q * s * sw, sc, sh, sw, sb))
             tgt += dc[a::q, b::q]
