@@ -33,28 +33,20 @@ from rich.console import Console
 def control(obj, run, concept, data, test_data, split, root, layer, sublayer, max_steps, linear_filters,  # noqa: ANN001
             one_layer_steps, seed) -> None:
     """Le et al.'s control: remove frames with faces (OpenCV) from the training data, retrain, compare."""
-    from repro.errors import ReproError
-    from repro.experiments.control import baseline_config, control as run_control
+    from repro.experiments.control import control as run_control
     from repro.experiments.evaluate import EvalOptions
-    from repro.experiments.run import open_session, open_test_set, test_set_names, training_data_of, training_store
-    from repro.model import checkpoint as ck
+    from repro.experiments.run import Run
 
     console = Console(stderr=True)
-    ck.resolve(run)  # one line if RUN has no checkpoint
-    session = open_session(obj.device, run, create=False)
-    cfg = baseline_config(session.run)
-    ck.check_compatible(session.run, cfg)
-    stage = len(cfg.stages) - 1 if layer is None else layer
-    if stage >= len(cfg.stages):
-        raise ReproError(f"--layer {stage}: config {cfg.name!r} has stages 0..{len(cfg.stages) - 1}")
-    name, data_name = training_data_of(session.run, data, cfg.data)
-    ts = open_test_set(session, test_set_names(concept, [data_name, cfg.data], test_data), root, split, console)
-    ts.check(cfg)
-    store = training_store(session, name, root, console)
+    r0 = Run.open(obj.device, run, None, root)
+    session = r0.session
+    stage = r0.stage(layer)
+    ts = r0.test_set(concept, test_data, split, console)
+    store = r0.training_data(data, console)
     opt = EvalOptions(concept=concept, stage=stage, sublayer=sublayer, seed=seed, linear_filters=linear_filters,
                       one_layer_steps=one_layer_steps)
-    r = run_control(session, cfg, store, store.name or Path(str(name)).name, ts, opt, root, max_steps=max_steps,
-                    console=console)
+    r = run_control(session, r0.cfg, store, store.name or Path(str(data or r0.data_name)).name, ts, opt, root,
+                    max_steps=max_steps, console=console)
     if session.w.is_root:
         b, c, f = r["baseline"], r["faces_removed"], r["face_filter"]
         Console().print(

@@ -14,7 +14,6 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from repro.errors import ReproError
 from repro.options import figure_options
 
 
@@ -54,34 +53,21 @@ def evaluate(obj, concept, checkpoint, config_name, layer, sublayer, data, split
              linear_filters, one_layer_steps, neuron_from, seed, batch, out, dpi, formats) -> None:
     """Best single neuron for a concept vs guessing, a random network, linear filters and a one-layer network."""
     from repro.experiments.evaluate import EvalOptions, evaluate as run_eval
-    from repro.experiments.run import (open_session, open_test_set, run_folder, test_set_names, training_data_of,
-                                       training_store)
-    from repro.model import checkpoint as ck
-    from repro.model.config import load_config
-    from repro.model.network import load_checkpoint
+    from repro.experiments.run import Run
 
     console = Console(stderr=True)
-    path = ck.resolve(checkpoint)
-    cfg = load_config(config_name) if config_name else ck.config_of(path)
-    ck.check_compatible(path, cfg)
-    n_stages = len(cfg.stages)
-    stage = n_stages - 1 if layer is None else layer
-    if stage >= n_stages:
-        raise ReproError(f"--layer {stage}: config {cfg.name!r} has stages 0..{n_stages - 1}")
-    run = run_folder(path)
-    session = open_session(obj.device, str(run), create=False)
-    trained_on, data_name = training_data_of(run, train_data, cfg.data)
-    ts = open_test_set(session, test_set_names(concept, [data_name, cfg.data], data), root, split, console)
-    ts.check(cfg)  # before the expensive parts: empty, one-class or wrongly sized test sets
-    train_store = training_store(session, trained_on, root, console)
-    net, manifest = load_checkpoint(path, cfg, session.xp, session.w)
+    run = Run.open(obj.device, checkpoint, config_name, root)
+    stage = run.stage(layer)
+    ts = run.test_set(concept, data, split, console)  # before the expensive parts: empty, one-class, wrong size
+    train_store = run.training_data(train_data, console)
+    net, manifest = run.network()
     opt = EvalOptions(concept=concept, stage=stage, sublayer=sublayer, seed=seed, batch=batch,
                       linear_filters=linear_filters, one_layer_steps=one_layer_steps, neuron_from=neuron_from,
                       dpi=dpi, formats=tuple(dict.fromkeys(formats)))
-    r = run_eval(session, net, path, int(manifest["step"]), ts, train_store, opt, console=console,
+    r = run_eval(run.session, net, run.checkpoint, int(manifest["step"]), ts, train_store, opt, console=console,
                  out=Path(out) if out else None)
-    if session.w.is_root:
-        print_summary(r, Path(out) if out else run)
+    if run.w.is_root:
+        print_summary(r, Path(out) if out else run.folder)
 
 
 def print_summary(r: dict, out: Path) -> None:

@@ -13,43 +13,6 @@ from repro.errors import ReproError
 from repro.options import ReproGroup, figure_options
 
 
-def open_run(device: str, checkpoint: str, config_name: str | None) -> tuple[Any, Any]:
-    """Session on the checkpoint's run folder and the network of its (latest) checkpoint.
-
-    With ``--config`` the checkpoint must have been written by that config (else one line).
-    """
-    from repro.experiments.run import open_session, run_folder
-    from repro.model import checkpoint as ck
-    from repro.model.config import load_config
-    from repro.model.network import load_checkpoint
-
-    path = ck.resolve(checkpoint)
-    cfg = load_config(config_name) if config_name else ck.config_of(path)
-    ck.check_compatible(path, cfg)
-    session = open_session(device, str(run_folder(path)), create=False)
-    net, _ = load_checkpoint(path, cfg, session.xp, session.w)
-    return session, net
-
-
-def open_test_set(session: Any, cfg: Any, concept: str, data: tuple[str, ...], root: str,
-                  split: str | None = None) -> Any:
-    """The labeled test set of ``concept`` (an evaluate ``TestSet``), checked against the network.
-
-    By default the stores ``repro evaluate`` used (``test_set.stores`` of
-    ``RUN/evaluate-<concept>.json``), else the concept's sets as ``repro evaluate`` picks them
-    (``mini`` for a run trained on ``mini``). A store that is not prepared fails with one line naming
-    the ``repro data prepare`` command; empty, one-class and wrong-size test sets fail with one line.
-    """
-    from repro.experiments.run import open_test_set as open_ts, test_set_names, training_data_of
-
-    names = list(_evaluated_test_set(session.run, concept) or []) if not data and split is None else []
-    if not names:
-        names = test_set_names(concept, [training_data_of(session.run, None, cfg.data)[1], cfg.data], data)
-    ts = open_ts(session, names, root, split or "test")
-    ts.check(cfg)
-    return ts
-
-
 def _evaluated_test_set(run: Path, concept: str) -> list[str] | None:
     """The store folders the evaluation used, if it recorded them and they still exist."""
     path = Path(run) / f"evaluate-{concept}.json"
@@ -85,13 +48,18 @@ def neuron_options(f: Any) -> Any:
 
 def _setup(obj: Any, run: str, config_name: Any, concept: str, layer: Any, sublayer: Any, index: Any, data: Any,
            split: Any, root: str) -> tuple[Any, Any, Any, Any, Console, Any]:
+    """The run, its network, the neuron to show and the test set: by default the stores the
+    evaluation used (``RUN/evaluate-<concept>.json``), else as ``repro evaluate`` picks them."""
+    from repro.experiments.run import Run
     from repro.experiments.visualize import resolve_neuron
 
     console = Console(stderr=True)
-    session, net = open_run(obj.device, run, config_name)
-    neuron, ev = resolve_neuron(net.cfg, session.run, concept, layer, sublayer, index)
-    store = open_test_set(session, net.cfg, concept, data, root, split)
-    return session, net, neuron, store, console, ev
+    r = Run.open(obj.device, run, config_name, root)
+    net, _ = r.network()
+    neuron, ev = resolve_neuron(net.cfg, r.folder, concept, layer, sublayer, index)
+    used = _evaluated_test_set(r.folder, concept) if not data and split is None else None
+    ts = r.test_set(concept, data, split or "test", console, stores=used)
+    return r.session, net, neuron, ts, console, ev
 
 
 @click.group("visualize", cls=ReproGroup)

@@ -28,13 +28,6 @@ from repro.errors import ReproError
 from repro.experiments.run import Session
 
 
-def baseline_config(run: Path) -> Any:
-    """The config the baseline run trained with (``RUN/config.json``)."""
-    from repro.model.config import load_saved
-
-    return load_saved(Path(run) / "config.json")
-
-
 def filtered_store(session: Session, store: Any, root: str, name: str, console: Any = None
                    ) -> tuple[Any, dict[str, Any], bool]:
     """The face-filtered copy of ``store`` (built by rank 0 unless complete); its summary; reused?"""

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from repro import atomic
 from repro.engine.backend import Backend, local_rank_from_env, select_backend
 from repro.engine.comm import World, world
@@ -155,3 +154,71 @@ def open_test_set(session: Session, names: list[str], root: str, split: str = "t
                                  f"choose one with --split")
         stores.append(require_store(n, split, root))
     return TestSet.of(names, stores, split)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Run: one trained run folder, as every step after training sees it
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A trained run: its folder, checkpoint, config, the data it was trained on, the world and
+    backend; the one place where "resolve checkpoint -> config -> compatibility -> session" lives.
+
+    ``Run.open`` resolves a run folder, its checkpoints folder or one checkpoint folder; with
+    ``config_name`` the checkpoint must have been written by that config (else one line)."""
+
+    session: Session
+    checkpoint: Path
+    cfg: Any
+    root: str
+
+    @classmethod
+    def open(cls, device: str, checkpoint: str | Path, config_name: str | None = None, root: str = "data") -> "Run":
+        from repro.model import checkpoint as ck
+        from repro.model.config import load_config
+
+        path = ck.resolve(checkpoint)
+        cfg = load_config(config_name) if config_name else ck.config_of(path)
+        ck.check_compatible(path, cfg)
+        return cls(open_session(device, str(run_folder(path)), create=False), path, cfg, str(root))
+
+    @property
+    def folder(self) -> Path:
+        return self.session.run
+
+    @property
+    def w(self) -> World:
+        return self.session.w
+
+    def network(self) -> tuple[Any, dict[str, Any]]:
+        """The network of the checkpoint (this rank's tiles) and the checkpoint's manifest."""
+        from repro.model.network import load_checkpoint
+
+        return load_checkpoint(self.checkpoint, self.cfg, self.session.xp, self.w)
+
+    def stage(self, layer: int | None) -> int:
+        """``--layer``: a stage index of this config (default: the top), or one line."""
+        n = len(self.cfg.stages)
+        stage = n - 1 if layer is None else layer
+        if not 0 <= stage < n:
+            raise ReproError(f"--layer {stage}: config {self.cfg.name!r} has stages 0..{n - 1}")
+        return stage
+
+    def training_data(self, given: str | None = None, console: Any = None) -> Any:
+        """The store the run was trained on (``RUN/data.json``), or ``given`` (an option)."""
+        store, _ = training_data_of(self.folder, given, self.cfg.data)
+        return training_store(self.session, store, self.root, console)
+
+    @property
+    def data_name(self) -> str:
+        """The data set the run was trained on (recorded, else its config's)."""
+        return training_data_of(self.folder, None, self.cfg.data)[1]
+
+    def test_set(self, concept: str, data: tuple[str, ...] | list[str] = (), split: str = "test",
+                 console: Any = None, stores: list[str] | None = None) -> Any:
+        """The labelled test set of ``concept`` (``stores`` if given, else ``--data``, else the
+        built-in set the run was trained on, else the concept's), checked against the network."""
+        names = stores or test_set_names(concept, [self.data_name, self.cfg.data], data)
+        ts = open_test_set(self.session, names, self.root, split, console)
+        ts.check(self.cfg)
+        return ts
