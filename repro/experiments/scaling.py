@@ -1,5 +1,8 @@
 """Scaling of the joint fine-tuning update over model sizes and rank counts (Coates et al. 2013, Fig. 3-4).
 
+Long because it holds several jobs of one command (growing a config, measuring, launching each
+point under mpiexec, projecting the paper's configurations); they could live in modules of their own.
+
     repro scaling-sweep                                   # weak + strong, 1 and 2 ranks, small CPU family
     repro scaling-sweep --ranks 1,2,4 --mode weak --steps 5 --out results/scaling
     repro scaling-sweep --project                         # paper's 1..64 GPUs, 185M..11.2B parameters

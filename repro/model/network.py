@@ -1,5 +1,8 @@
 """The Le et al. network: stages of LC filtering -> L2 pooling -> LCN, trained with RICA.
 
+Long because checkpoint loading, feature extraction and the unit gradient all need the same
+tile-by-tile view of the network; splitting them would spread one layout over several files.
+
 Shapes (one rank's tiles; ``ty, tx`` = its tile of that layer, ``wy, wx`` = the window it reads):
     a   (B, C, ty, tx)   stage input (images, or the previous stage's LCN output)
     xw  (B, C, wy, wx)   input window the filter tile reads (fetched halo included)

@@ -1,5 +1,8 @@
 """Locally connected (untied) layer as block-sparse batched GEMM.
 
+Long because it is the hot loop: three kernels, each with a CPU path (cache-sized chunks on a
+thread pool) and a GPU path, kept side by side so they stay equal (tests compare them).
+
 Public layout (the contract in ARCHITECTURE.md): input ``x[b, c, y, x]``, weights ``W[oy, ox, f, c, ky, kx]``,
 ``y[b, f, oy, ox] = sum_{c,ky,kx} W[oy, ox, f, c, ky, kx] * x[b, c, oy*s + ky, ox*s + kx]``.
 
