@@ -116,7 +116,7 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repe
            "load_average": list(os.getloadavg()),
            "notes": f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
                     f"on {os.cpu_count()} CPUs (other processes share them: timings are noisy)."}
-    S.write_json_atomic(outdir / "sweep.json", doc)
+    atomic.write_json(outdir / "sweep.json", doc)
     for fmt in dict.fromkeys(formats):
         S.plot(points, outdir / f"sweep.{fmt}", f"{family} family, {doc['device']}, batch {batch}, {threads} thread(s)/rank",
                dpi=dpi)
@@ -172,7 +172,7 @@ def _worker(device: str, family: str, size: int, batch: int, steps: int, out: st
         r["family"] = family
         r.update(fit)
         if out:
-            S.write_json_atomic(Path(out), r)
+            atomic.write_json(Path(out), r)
         else:
             click.echo(json.dumps(r))
 
@@ -191,7 +191,7 @@ def _largest(con: Console, outdir: Path, ranks: list[int], family: str, batch: i
     doc = {"family": family, "device": points[0]["device"], "device_name": points[0]["device_name"], "batch": batch,
            "steps": steps, "threads_per_rank": threads, "when": S.now(), "host": S.host_info(), "points": points,
            "load_average": list(os.getloadavg())}
-    S.write_json_atomic(outdir / "largest.json", doc)
+    atomic.write_json(outdir / "largest.json", doc)
     t = Table(title=f"largest {family} network per rank count that fits, {doc['device_name']}, batch {batch}")
     for c in ("ranks", "input", "W1 params", "memory/rank", "estimate/rank", "peak/rank", "ms/update", "images/s",
               "GFLOP/s", "GFLOP/s/rank", "comm"):
@@ -243,6 +243,6 @@ def _project(con: Console, outdir: Path, from_json: str | None, gflops: float | 
               "optimiser neglected); comm = busiest rank's messages x latency + bytes / bandwidth "
               "(every halo crosses the network, no overlap with compute, no PCIe staging, no contention "
               "beyond --ranks-per-link).[/dim]")
-    S.write_json_atomic(outdir / "projection.json", {"link": link.__dict__, "source": source, "family": family,
+    atomic.write_json(outdir / "projection.json", {"link": link.__dict__, "source": source, "family": family,
                                                      "paper": S.PAPER, "points": pts})
     con.print(f"wrote {outdir / 'projection.json'}")

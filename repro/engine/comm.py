@@ -14,7 +14,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
 from mpi4py import MPI
 
 # How long a failing rank other than 0 waits before it prints, so that an error raised on every
@@ -69,11 +68,6 @@ class World:
         if self.size == 1:
             return float(value)
         return float(sum(self.comm.allgather(float(value))))
-
-    def allreduce_max(self, value: float) -> float:
-        if self.size == 1:
-            return float(value)
-        return float(self.comm.allreduce(float(value), op=MPI.MAX))
 
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
@@ -150,15 +144,3 @@ def abort_on_error(user_errors: tuple[type[BaseException], ...] = ()) -> Iterato
         report_and_abort(f"error: {exc}", 1)
     except BaseException:
         report_and_abort(traceback.format_exc(), 1)
-
-
-def sum_in_rank_order(local: np.ndarray, w: World | None = None) -> np.ndarray:
-    """Sum a small host array over ranks in a fixed order (deterministic, unlike MPI_SUM trees)."""
-    w = w or world()
-    if w.size == 1:
-        return np.asarray(local)
-    parts = w.comm.allgather(np.asarray(local))
-    out = np.zeros_like(parts[0])
-    for p in parts:
-        out = out + p
-    return out

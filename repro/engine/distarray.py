@@ -76,10 +76,6 @@ class HaloPlan:
     def tile(self) -> Box:
         return self.part.tile(self.rank)
 
-    def halo_elements(self) -> int:
-        """Spatial positions received from peers (times batch*maps = halo size)."""
-        return sum(box_shape(p.box)[0] * box_shape(p.box)[1] for p in self.recvs)
-
 
 def _rel(box: Box, origin: Box) -> tuple[slice, slice]:
     """Slices of ``box`` in the coordinates of an array whose top-left corner is ``origin``'s."""

@@ -79,9 +79,6 @@ class Timer:
             if self._children:
                 self._children[-1] += dt
 
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        return {k: {"seconds": self.seconds[k], "calls": self.calls[k]} for k in self.seconds}
-
 
 TIMER = Timer()
 

@@ -186,7 +186,7 @@ def _finished_on(run: Path, cfg1: NetworkConfig, fingerprint: str) -> bool:
     """A finished one-layer run of this config on the store with this fingerprint?"""
     try:
         done = json.loads((run / "train.json").read_text()).get("finished") is True
-        same = json.loads((run / "config.json").read_text()) == json.loads(json.dumps(cfg1.to_dict()))
+        same = json.loads((run / "config.json").read_text()) == cfg1.as_json()
         data = json.loads((run / "data.json").read_text()).get("fingerprint") == fingerprint
         return done and same and data and (run / "checkpoints" / "latest.json").exists()
     except (OSError, ValueError, AttributeError):

@@ -62,7 +62,7 @@ def train_control(session: Session, cfg: Any, store: Any, max_steps: int | None,
     resume = (run / "checkpoints" / "latest.json").exists()
     if resume:
         saved = run / "config.json"
-        if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+        if saved.exists() and json.loads(saved.read_text()) != cfg.as_json():
             raise ReproError(f"{saved}: the control run was started with another config; remove {run}")
     return train(sub, cfg, store, resume=resume, max_steps=max_steps, console=console)
 

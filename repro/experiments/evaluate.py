@@ -187,7 +187,7 @@ def read_neuron(source: str | Path, concept: str, cfg: NetworkConfig) -> dict[st
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ReproError(f"{path}: not a repro evaluation ({e.__class__.__name__}: {e})") from None
     made = ev.get("config", {})
-    mine = json.loads(json.dumps(cfg.to_dict()))
+    mine = cfg.as_json()
     if not isinstance(made, dict) or (made.get("stages"), made.get("input_size"), made.get("channels")) != (
             mine["stages"], mine["input_size"], mine["channels"]):
         raise ReproError(f"{path}: its neuron belongs to a network of another shape (config "

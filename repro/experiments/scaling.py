@@ -398,10 +398,6 @@ def add_efficiency(points: list[dict[str, Any]]) -> None:
             p["speedup"] = p["efficiency"] / per_rank
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    atomic.write_json(path, obj)
-
-
 def plot(points: list[dict[str, Any]], path: Path, title: str, dpi: int = 110) -> None:
     """Update time and efficiency against ranks, weak and strong (format from the suffix, written atomically)."""
     import matplotlib

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -158,9 +157,5 @@ def resolve_config(session: Session, config: str | None, resume: bool, overrides
         cfg = load_config(config)
     kw = {k: v for k, v in overrides.items() if v is not None}
     if kw:
-        cfg = replace(cfg, train=replace(cfg.train, **kw))
+        cfg = cfg.with_train(**kw)
     return validate(cfg, "options")
-
-
-def default_run_dir() -> Path:
-    return Path("results")

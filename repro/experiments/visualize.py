@@ -102,7 +102,7 @@ def resolve_neuron(cfg: Any, run: Path, concept: str, layer: int | None = None, 
             raise ReproError(f"{path}: has no best_neuron.layer/sublayer/index")
         made = ev.get("config")
         if isinstance(made, dict) and (made.get("name"), made.get("stages"), list(made.get("input_size", []))) != (
-                cfg.name, json.loads(json.dumps(cfg.to_dict()["stages"])), list(cfg.input_size)):
+                cfg.name, cfg.as_json()["stages"], list(cfg.input_size)):
             raise ReproError(f"{path}: was made with config {made.get('name')!r}, the checkpoint is config "
                              f"{cfg.name!r}; run `repro evaluate --concept {concept} --checkpoint {run}` again")
         layer = int(best["layer"]) if layer is None else layer

@@ -110,6 +110,11 @@ class NetworkConfig:
         d["input_size"] = list(self.input_size)
         return d
 
+    def as_json(self) -> dict[str, Any]:
+        """:meth:`to_dict` as it reads back from a JSON file (tuples as lists): what a run's
+        ``config.json`` or an evaluation's ``config`` is compared with."""
+        return json.loads(json.dumps(self.to_dict()))
+
     def check_image_shape(self, shape: tuple[int, ...], where: str) -> None:
         """Stored images (H, W) or (H, W, C) must be this network's input: else another config's data."""
         h, w = shape[:2]
