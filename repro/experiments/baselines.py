@@ -111,11 +111,16 @@ class LinearFilters:
         else:
             self.idx = image_indices(store, k, seed)
 
-    def responses(self, x_std: np.ndarray, sl: slice) -> np.ndarray:
-        """(B, K_sl) responses of filters ``sl`` on standardised images."""
+    def bank(self, sl: slice) -> np.ndarray:
+        """Filters ``sl``, made once per chunk (whole-image filters are read from the store)."""
+        return self.patches[sl] if self.reading == "patch" else image_filters(self.store, self.idx[sl], self.prep)
+
+    def responses(self, x_std: np.ndarray, sl: slice, bank: np.ndarray | None = None) -> np.ndarray:
+        """(B, K_sl) responses of filters ``sl`` (their ``bank`` if already made) on prepared images."""
+        bank = self.bank(sl) if bank is None else bank
         if self.reading == "patch":
-            return filter_responses(x_std, self.patches[sl], self.pos[sl])
-        return image_responses(x_std, image_filters(self.store, self.idx[sl], self.prep))
+            return filter_responses(x_std, bank, self.pos[sl])
+        return image_responses(x_std, bank)
 
     def describe(self, j: int) -> dict[str, Any]:
         if self.reading == "patch":
@@ -144,14 +149,17 @@ def linear_filter_baseline(ts: Any, filters: LinearFilters, w: World, batch: int
             yield xs[bi] if xs is not None else np.asarray(prep(ts.images(range(lo, min(len(ts), lo + batch)))), np.float32)
 
     def column(j: int) -> np.ndarray:
-        return np.concatenate([filters.responses(x, slice(j, j + 1))[:, 0] for x in std_batches()])
+        sl = slice(j, j + 1)
+        bank = filters.bank(sl)
+        return np.concatenate([filters.responses(x, sl, bank)[:, 0] for x in std_batches()])
 
     mine: dict[int, tuple[Scores, Scores, Scores]] = {}
     for ci, c0 in enumerate(chunks):
         if ci % w.size != w.rank:
             continue
         sl = slice(c0, min(K, c0 + FILTER_CHUNK))
-        resp = np.concatenate([filters.responses(x, sl) for x in std_batches()])
+        bank = filters.bank(sl)
+        resp = np.concatenate([filters.responses(x, sl, bank) for x in std_batches()])
         mine[ci] = (threshold_scores(resp, y, n), threshold_scores(resp[A], y[A], n), threshold_scores(resp[B], y[B], n))
         if progress is not None:
             progress(sl.stop - sl.start)
