@@ -5,7 +5,8 @@ import click
 from rich.console import Console
 
 from repro.experiments.run import open_session, training_store
-from repro.experiments.train import resolve_config, train as run_training
+from repro.experiments.train import (check_run_folder, check_same_data, prepare_run_folder, resolve_config,
+                                     train as run_training, training_data_for)
 
 
 @click.command("train")
@@ -13,8 +14,11 @@ from repro.experiments.train import resolve_config, train as run_training
 @click.option("--data", default=None, help="Dataset (manifest name or store folder); default: the config's.")
 @click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder.")
 @click.option("--out", "out", default=None, help="Run folder (default results/<timestamp>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps (resume later).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, with its own "
+              "config and training data (overrides that would change them are refused).")
+@click.option("--force", is_flag=True, help="Replace the run that --out already holds (its checkpoints and reports).")
+@click.option("--max-steps", type=click.IntRange(1), default=None,
+              help="Stop at this step of the whole schedule (counted from the run's start; resume later).")
 @click.option("--layer-steps", type=click.IntRange(0), default=None, help="Greedy steps per stage.")
 @click.option("--finetune-steps", type=click.IntRange(0), default=None, help="Joint fine-tuning steps afterwards.")
 @click.option("--batch", type=click.IntRange(1), default=None, help="Minibatch size.")
@@ -24,17 +28,25 @@ from repro.experiments.train import resolve_config, train as run_training
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Steps between checkpoints.")
 @click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints to keep (newest).")
 @click.pass_obj
-def train(obj, config_name, data, root, out, resume, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
+def train(obj, config_name, data, root, out, resume, force, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
           optimizer, seed, checkpoint_every, keep) -> None:
     """Train a network (default: faces32 on the built-in pypi-faces data) on any number of MPI ranks, CPU or GPU."""
     if resume and out is None:
         raise click.BadParameter("--resume needs --out RUN (the run to continue)", param_hint="--resume")
+    if resume and force:
+        raise click.BadParameter("--resume continues the run, --force replaces it: choose one", param_hint="--force")
     console = Console(stderr=True)
-    session = open_session(obj.device, out)
+    # everything is checked before the run folder is touched: a bad start changes nothing
+    session = open_session(obj.device, out, create=None)
+    check_run_folder(session.run, resume, force)
     cfg = resolve_config(session, config_name, resume, {
         "layer_steps": layer_steps, "finetune_steps": finetune_steps, "batch": batch, "lr": lr,
         "optimizer": optimizer, "seed": seed, "checkpoint_every": checkpoint_every})
-    store = training_store(session, data or cfg.data, root, console)
+    store = training_store(session, training_data_for(session.run, data, cfg, resume), root, console)
+    cfg.check_image_shape(tuple(store.shape), str(store.path))
+    if resume:
+        check_same_data(session, store, console)
+    prepare_run_folder(session, force, console)
     summary = run_training(session, cfg, store, resume=resume, max_steps=max_steps, console=console,
                            keep=keep)
     if session.w.is_root:

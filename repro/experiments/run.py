@@ -24,6 +24,15 @@ class Session:
     def xp(self) -> Any:
         return self.backend.xp
 
+    def create_folder(self) -> None:
+        """Collective: make the run folder (rank 0), once the command knows it will write into it."""
+        if self.w.is_root:
+            try:
+                self.run.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ReproError(f"{self.run}: cannot create run folder ({exc.strerror})") from None
+        self.w.barrier()
+
     def write_json(self, name: str, obj: Any) -> Path:
         """Rank 0 writes ``RUN/name`` atomically (temp file, then rename)."""
         path = self.run / name
@@ -32,8 +41,9 @@ class Session:
         return path
 
 
-def open_session(device: str, run: str | None, create: bool = True) -> Session:
-    """Pick the backend, agree on the run folder across ranks, create it if asked."""
+def open_session(device: str, run: str | None, create: bool | None = True) -> Session:
+    """Pick the backend, agree on the run folder across ranks; ``create``: make it now (True), require
+    it (False), or leave it to ``Session.create_folder`` (None: a failed start leaves no empty folder)."""
     w = world()
     try:
         backend = select_backend(device, local_rank_from_env())
@@ -42,17 +52,12 @@ def open_session(device: str, run: str | None, create: bool = True) -> Session:
     if run is None:
         stamp = time.strftime("%Y%m%d-%H%M%S") if w.is_root else None
         run = str(Path("results") / w.bcast(stamp))
-    path = Path(run)
+    session = Session(w, backend, Path(run))
     if create:
-        if w.is_root:
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ReproError(f"{path}: cannot create run folder ({exc.strerror})") from None
-        w.barrier()
-    elif not path.exists():
-        raise ReproError(f"{path}: no such run folder")
-    return Session(w, backend, path)
+        session.create_folder()
+    elif create is not None and not session.run.exists():
+        raise ReproError(f"{session.run}: no such run folder")
+    return session
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,17 +11,20 @@ and ``g``), so a resumed run ends with the same parameters as an uninterrupted o
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from repro import atomic
 from repro.data.loader import Loader
 from repro.errors import ReproError
-from repro.experiments.run import Session, data_record
+from repro.experiments.run import Session, data_record, recorded_training_data
 from repro.model import checkpoint as ckpt
 from repro.model.config import NetworkConfig
 from repro.model.network import Network, apply_update, load_checkpoint, save_checkpoint
@@ -62,7 +65,10 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
 
 def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False, max_steps: int | None = None,
           console: Console | None = None, keep: int = 2) -> dict[str, Any]:
-    """Run (or continue) the schedule; checkpoints in ``RUN/checkpoints`` (the newest ``keep``); returns the summary."""
+    """Run (or continue) the schedule; checkpoints in ``RUN/checkpoints`` (the newest ``keep``); returns the summary.
+
+    ``max_steps`` is the step to stop at, counted from the start of the run (a resumed run at step
+    1200 with ``max_steps`` 1300 trains 100 steps). A run already at or past it changes nothing."""
     w, xp, t = session.w, session.xp, cfg.train
     console = console or Console(stderr=True)
     cfg.check_image_shape(tuple(store.shape), str(getattr(store, "path", "dataset")))
@@ -78,18 +84,27 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
         net = Network.create(cfg, seed=t.seed, xp=xp, w=w)
     phases = schedule(cfg)
     total = sum(p.steps for p in phases)
-    end = total if max_steps is None else min(total, start + max_steps)
+    end = total if max_steps is None else min(total, max_steps)
+    if end <= start and start > 0:  # nothing to train: keep the run's record as it is
+        if w.is_root:
+            console.print(f"nothing to do: the run is already at step {start} of {total}"
+                          + (f" (--max-steps {max_steps})" if max_steps is not None and max_steps < total else ""))
+        return _read_summary(session.run) or {"steps_done": start, "steps_total": total, "finished": start >= total,
+                                              "ranks": w.size, "device": session.backend.name, "last_loss": {},
+                                              "images_per_s": 0.0, "seconds": 0.0}
     session.write_json("config.json", cfg.to_dict())
     if start == 0 or not (session.run / "data.json").exists():
         session.write_json("data.json", data_record(store))
     log_path = session.run / "train-log.jsonl"
+    if w.is_root:
+        _trim_log(log_path, start)
     losses: dict[str, float] = {}
     phase_start_loss: dict[str, float] = {}
     t0, seen = time.perf_counter(), 0
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
                         TimeRemainingColumn(), console=console, disable=not w.is_root)
-    with progress, (open(log_path, "a") if w.is_root else _Null()) as log:
+    with progress, (open(log_path, "a", buffering=1) if w.is_root else _Null()) as log:
         task = progress.add_task("train", total=total, completed=start, loss=float("nan"), ips=0.0)
         # every rank of the model-parallel group reads the same images, step by step, read ahead
         batches = Loader(store, t.batch, t.seed, shuffle=False).read(
@@ -113,18 +128,54 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
             ips = seen / (time.perf_counter() - t0)
             progress.update(task, advance=1, description=f"train {phase.name}", loss=loss, ips=ips)
             if w.is_root:
-                log.write(json.dumps({"step": g + 1, "phase": phase.name, "loss": loss}) + "\n")
+                log.write(json.dumps({"step": g + 1, "phase": phase.name, "loss": loss, "lr": opt.lr,
+                                      "images_per_s": round(ips, 2), "wall_s": round(time.time(), 3)}) + "\n")
             done = g + 1
             if done % t.checkpoint_every == 0 or done == end:
+                if not _finite(net):  # a finite loss before the update does not make finite weights after it
+                    raise ReproError(f"parameters are no longer finite after step {done} ({phase.name}); no checkpoint "
+                                     "written; lower train.lr (--lr)")
                 save_checkpoint(net, opt, ck_dir, done, {"phase": phase.name}, keep=keep)
-    if start == end and start > 0 and w.is_root:
-        console.print(f"nothing to do: the run is already at step {start} of {total}")
     wall = time.perf_counter() - t0
+    segment = {"from_step": start, "to_step": end, "ranks": w.size, "device": session.backend.name,
+               "seconds": wall, "images_per_s": seen / wall if wall else 0.0}
+    before = (_read_summary(session.run) or {}).get("segments", []) if start > 0 else []
     summary = {"steps_done": end, "steps_total": total, "finished": end == total, "ranks": w.size,
-               "device": session.backend.name, "last_loss": losses, "images_per_s": seen / wall if wall else 0.0,
-               "seconds": wall, "checkpoint": str(ck_dir / f"step-{end:08d}") if end else None}
+               "device": session.backend.name, "last_loss": losses, "images_per_s": segment["images_per_s"],
+               "seconds": wall + sum(s.get("seconds", 0.0) for s in before), "segments": before + [segment],
+               "checkpoint": str(ck_dir / f"step-{end:08d}") if end else None}
     session.write_json("train.json", summary)
     return summary
+
+
+def _finite(net: Network) -> bool:
+    """Every rank's parameters finite (collective)."""
+    ok = all(bool(net.xp.isfinite(p).all()) for p in net.params.values())
+    return net.w.allreduce_sum(0.0 if ok else 1.0) == 0.0
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """The log of a run continued from ``step`` keeps exactly its steps 1..step: lines written after
+    that checkpoint (the work a kill lost) and a line cut short are dropped, so no step appears twice."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and isinstance(e.get("step"), int) and e["step"] <= step:
+            keep.append(line)
+    atomic.write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _read_summary(run: Path) -> dict[str, Any] | None:
+    try:
+        s = json.loads((Path(run) / "train.json").read_text())
+        return s if isinstance(s, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
 class _Null:
@@ -147,15 +198,95 @@ def resolve_config(session: Session, config: str | None, resume: bool, overrides
     from repro.model.config import load_config, load_saved, validate
 
     saved = session.run / "config.json"
-    if resume and saved.exists():
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    if resume:
+        if not saved.exists():
+            raise ReproError(f"{session.run}: nothing to resume (no config.json); start a run there without --resume")
         cfg = load_saved(saved)
         ck_dir = session.run / "checkpoints"
         if config is not None and (ck_dir / "latest.json").exists():
             ckpt.check_compatible(ck_dir, load_config(config))
-    else:
-        config = config or DEFAULT_CONFIG
-        cfg = load_config(config)
-    kw = {k: v for k, v in overrides.items() if v is not None}
+        clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(cfg.train, k)})" for k, v in kw.items()
+                 if getattr(cfg.train, k) != v]
+        if clash:
+            raise ReproError(f"{session.run}: --resume continues the run as it was configured; {', '.join(clash)} "
+                             "would change it (start another run with a new --out)")
+        return cfg
+    cfg = load_config(config or DEFAULT_CONFIG)
     if kw:
         cfg = cfg.with_train(**kw)
     return validate(cfg, "options")
+
+
+RUN_FILES = ("checkpoints", "config.json", "data.json", "train.json", "train-log.jsonl", "one-layer", "control",
+             "control.json", "control.md", "invariance.json", "visualize-best-neuron.json")
+RUN_PATTERNS = ("evaluate-*.json", "evaluate-*.md", "histogram-*", "best-neuron-*", "invariance-*")
+
+
+def holds_a_run(folder: Path) -> bool:
+    """A folder a `repro train` has written into (so training anew there would mix two runs)."""
+    return any((Path(folder) / n).exists() for n in ("checkpoints", "config.json", "train.json", "train-log.jsonl"))
+
+
+def clear_run(folder: Path) -> None:
+    """``--force``: remove what repro wrote into a run folder (and nothing else of the folder)."""
+    folder = Path(folder)
+    for n in RUN_FILES:
+        p = folder / n
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for pat in RUN_PATTERNS:
+        for p in folder.glob(pat):
+            p.unlink(missing_ok=True)
+
+
+def check_run_folder(out: Path, resume: bool, force: bool) -> None:
+    """Refuse, before anything is written, to train into a folder holding another run unless
+    ``resume`` (continue it) or ``force`` (replace it); ``resume`` needs a checkpoint to continue from."""
+    out = Path(out)
+    if resume and not (out / "checkpoints" / "latest.json").is_file():
+        raise ReproError(f"{out}: nothing to resume (no checkpoint in {out / 'checkpoints'})"
+                         + ("; start it anew with --force" if holds_a_run(out) else ""))
+    if not resume and not force and holds_a_run(out):
+        raise ReproError(f"{out}: already holds a run; --resume continues it, --force replaces it")
+
+
+def prepare_run_folder(session: Session, force: bool, console: Any = None) -> None:
+    """Collective, once the start is known to be good: replace the old run if ``force`` (saying so),
+    make the folder, and drop checkpoint writes a kill left half done."""
+    if session.w.is_root:
+        if force and holds_a_run(session.run):
+            clear_run(session.run)
+            if console is not None:
+                console.print(f"--force: replaced the run in {session.run}")
+        for p in (session.run / "checkpoints").glob(".step-*.partial"):
+            shutil.rmtree(p, ignore_errors=True)
+    session.create_folder()
+
+
+def training_data_for(run: Path, data: str | None, cfg: NetworkConfig, resume: bool) -> str:
+    """--data, else (on --resume) the store the run recorded, else the config's data."""
+    if resume and data is None:
+        rec = recorded_training_data(run)
+        if rec is None:
+            raise ReproError(f"{run}/data.json: missing, or its store is gone; give the run's data with --data")
+        return str(rec["store"])
+    return data or cfg.data
+
+
+def check_same_data(session: Session, store: Any, console: Any = None) -> None:
+    """--resume must continue on the store the run started on: same content (its fingerprint); a
+    store that moved (same content, new path) is accepted and ``data.json`` follows it."""
+    run = session.run
+    try:
+        rec = json.loads((run / "data.json").read_text())
+    except (OSError, ValueError):
+        rec = None
+    if not isinstance(rec, dict):
+        return  # a run from before data.json: nothing to compare with; train writes it now
+    if rec.get("fingerprint") != store.fingerprint():
+        raise ReproError(f"{store.path}: not the training store of {run} (it trained on {rec.get('store')}, see "
+                         "data.json); --resume continues on the run's own data")
+    if Path(str(rec.get("store"))).resolve() != Path(store.path).resolve():
+        session.write_json("data.json", data_record(store))
+        if session.w.is_root and console is not None:
+            console.print(f"the run's training store moved to {store.path} (same content): data.json updated")

@@ -154,13 +154,22 @@ def validate(cfg: NetworkConfig, where: str) -> NetworkConfig:
         if s.lcn > min(py, px):
             raise ReproError(f"{where}: stage {i}: LCN window {s.lcn} is larger than its input {py}x{px}")
         h, w = _valid(py, s.lcn_window, 1), _valid(px, s.lcn_window, 1)
+        for name in ("lcn_sigma", "lcn_eps"):
+            v = getattr(s, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ReproError(f"{where}: stage {i}: {name} must be a positive number, got {v}")
     t = cfg.train
     if t.optimizer not in ("sgd", "adagrad"):
         raise ReproError(f"{where}: train.optimizer must be 'sgd' or 'adagrad', got {t.optimizer!r}")
-    if t.batch < 1 or t.lr <= 0:
-        raise ReproError(f"{where}: train.batch and train.lr must be positive")
-    if cfg.rica.lam < 0 or cfg.rica.eps <= 0:
-        raise ReproError(f"{where}: rica.lambda must be >= 0 and rica.eps > 0")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ReproError(f"{where}: train.lr must be a positive finite number, got {t.lr}")
+    if not (math.isfinite(t.momentum) and 0 <= t.momentum < 1):
+        raise ReproError(f"{where}: train.momentum must be in [0, 1), got {t.momentum}")
+    for name, least in (("batch", 1), ("checkpoint_every", 1), ("layer_steps", 0), ("finetune_steps", 0), ("seed", 0)):
+        if getattr(t, name) < least:
+            raise ReproError(f"{where}: train.{name} must be >= {least}, got {getattr(t, name)}")
+    if not (math.isfinite(cfg.rica.lam) and cfg.rica.lam >= 0) or not (math.isfinite(cfg.rica.eps) and cfg.rica.eps > 0):
+        raise ReproError(f"{where}: rica.lambda must be >= 0 and rica.eps > 0, got {cfg.rica.lam} and {cfg.rica.eps}")
     if cfg.rica.reconstruct not in ("image", "window"):
         raise ReproError(f"{where}: rica.reconstruct must be 'image' or 'window', got {cfg.rica.reconstruct!r}")
     if cfg.input_lcn:
@@ -185,15 +194,56 @@ def _check_keys(table: dict, allowed: set, where: str, what: str) -> None:
         raise ReproError(f"{where}: unknown key(s) in {what}: {', '.join(sorted(unknown))}")
 
 
+INT, NUMBER, BOOL, STR = "an integer", "a number", "true or false", "a string"
+_TYPES = {
+    "stage": {"maps": INT, "filter": INT, "stride": INT, "pool": INT, "pool_stride": INT, "lcn": INT,
+              "lcn_sigma": NUMBER, "lcn_eps": NUMBER, "count": INT},
+    "rica": {"lambda": NUMBER, "eps": NUMBER, "normalize_encoder": BOOL, "normalize_decoder": BOOL, "tied": BOOL,
+             "reconstruct": STR},
+    "train": {"optimizer": STR, "lr": NUMBER, "momentum": NUMBER, "batch": INT, "layer_steps": INT,
+              "finetune_steps": INT, "checkpoint_every": INT, "seed": INT},
+    "input": {"channels": INT, "lcn": INT, "lcn_sigma": NUMBER, "lcn_eps": NUMBER},
+    "top": {"name": STR, "data": STR, "notes": STR},
+}
+
+
+def _is(v: Any, kind: str) -> bool:
+    if kind == BOOL:
+        return isinstance(v, bool)
+    if kind == STR:
+        return isinstance(v, str)
+    if isinstance(v, bool):  # TOML's true is not the integer 1 here
+        return False
+    return isinstance(v, int) if kind == INT else isinstance(v, (int, float))
+
+
+def _check_types(table: dict, kinds: dict[str, str], where: str, what: str) -> None:
+    """Every value of the type its field needs: no silent coercion ("no" is not false, 1.5 is no seed)."""
+    for k, v in table.items():
+        kind = kinds.get(k)
+        if kind is not None and not _is(v, kind):
+            raise ReproError(f"{where}: {what}.{k} must be {kind}, got {v!r}")
+
+
 def from_dict(d: dict[str, Any], where: str = "<config>") -> NetworkConfig:
     try:
         _check_keys(d, {"name", "input", "stage", "stages", "rica", "train", "data", "notes"}, where, "the top level")
+        _check_types(d, _TYPES["top"], where, "top level")
         inp = d["input"]
+        if not isinstance(inp, dict):
+            raise ReproError(f"{where}: [input] must be a table")
         _check_keys(inp, _INPUT_KEYS, where, "[input]")
+        _check_types(inp, _TYPES["input"], where, "input")
         size = inp["size"]
-        size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if _is(size, INT):
+            size = (size, size)
+        elif isinstance(size, list) and len(size) == 2 and all(_is(v, INT) for v in size):
+            size = (size[0], size[1])
+        else:
+            raise ReproError(f"{where}: input.size must be an integer or [height, width] integers, got {size!r}")
         default = d.get("stage", {})
         _check_keys(default, _STAGE_KEYS | {"count"}, where, "[stage]")
+        _check_types(default, _TYPES["stage"], where, "stage")
         count = int(default.get("count", 0))
         default = {k: v for k, v in default.items() if k != "count"}
         per = d.get("stages", [])
@@ -202,14 +252,17 @@ def from_dict(d: dict[str, Any], where: str = "<config>") -> NetworkConfig:
         stages = []
         for i, s in enumerate(per):
             _check_keys(s, _STAGE_KEYS, where, f"[[stages]] #{i}")
+            _check_types(s, _TYPES["stage"], where, f"stages[{i}]")
             stages.append(StageConfig(**{**default, **s}))
         rica_t = d.get("rica", {})
         _check_keys(rica_t, set(_RICA_KEYS), where, "[rica]")
+        _check_types(rica_t, _TYPES["rica"], where, "rica")
         rica = RicaConfig(**{_RICA_KEYS[k]: v for k, v in rica_t.items()})
         train_t = d.get("train", {})
         _check_keys(train_t, _TRAIN_KEYS, where, "[train]")
+        _check_types(train_t, _TYPES["train"], where, "train")
         train = TrainConfig(**train_t)
-        cfg = NetworkConfig(name=str(d["name"]), input_size=size, channels=int(inp.get("channels", 1)),
+        cfg = NetworkConfig(name=d["name"], input_size=size, channels=inp.get("channels", 1),
                             stages=tuple(stages), rica=rica, train=train, data=str(d.get("data", "mini")),
                             notes=str(d.get("notes", "")), input_lcn=int(inp.get("lcn", 0)),
                             input_lcn_sigma=float(inp.get("lcn_sigma", 2.0)),
