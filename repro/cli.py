@@ -10,8 +10,12 @@ from dataclasses import dataclass
 import click
 
 from repro import __version__
-from repro.engine import comm
-from repro.options import ReproGroup
+from repro.engine import threads
+
+threads.configure()  # before NumPy loads: BLAS reads its thread count once
+
+from repro.engine import comm  # noqa: E402
+from repro.options import ReproGroup  # noqa: E402
 
 
 @dataclass
@@ -53,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
                 comm.report_and_abort(f"Error: {exc.format_message()}", exc.exit_code)
             exc.show()
             sys.exit(exc.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        if isinstance(rv, int) and rv != 0:  # a command's own exit code is returned by every rank alike
+            raise comm.CollectiveExit(rv)
+        sys.exit(0)
 
 
 if __name__ == "__main__":

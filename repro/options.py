@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+from rich.console import Console
 
 from repro.errors import ReproError
 
@@ -15,6 +16,16 @@ def figure_options(f):  # noqa: ANN001, ANN201
                      show_default=True, help="Figure format; repeat for several (png for screens, pdf/svg for slides).")(f)
     return click.option("--dpi", type=click.IntRange(30, 1200), default=150, show_default=True,
                         help="Resolution of raster figures.")(f)
+
+
+def out_console() -> Console:
+    """Results on stdout. Lines are never hard-wrapped: a log file or a pipe keeps one message per line."""
+    return Console(soft_wrap=True)
+
+
+def err_console() -> Console:
+    """Progress and notes on stderr, unwrapped like :func:`out_console`."""
+    return Console(stderr=True, soft_wrap=True)
 
 
 class ReproGroup(click.Group):

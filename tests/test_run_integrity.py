@@ -78,7 +78,7 @@ def test_max_steps_is_the_total_and_train_json_covers_every_segment(stopped, dat
     assert snapshot(stopped) == before
     log = [json.loads(line) for line in (stopped / "train-log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 15))
-    assert {"loss", "lr", "images_per_s", "wall_s"} <= set(log[0])
+    assert {"loss", "lr", "images_per_s", "unix_time"} <= set(log[0])
 
 
 def test_resume_cuts_the_log_back_to_the_checkpoint(stopped, data_root):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
+from repro.options import err_console, out_console
 
 
 @click.command("control")
@@ -37,7 +37,7 @@ def control(obj, run, concept, data, test_data, split, root, layer, sublayer, ma
     from repro.experiments.evaluate import EvalOptions
     from repro.experiments.run import Run
 
-    console = Console(stderr=True)
+    console = err_console()
     r0 = Run.open(obj.device, run, None, root)
     session = r0.session
     stage = r0.stage(layer)
@@ -49,7 +49,7 @@ def control(obj, run, concept, data, test_data, split, root, layer, sublayer, ma
                     max_steps=max_steps, console=console)
     if session.w.is_root:
         b, c, f = r["baseline"], r["faces_removed"], r["face_filter"]
-        Console().print(
+        out_console().print(
             f"[bold]control[/bold] {concept}: best neuron {100 * b['best_neuron']['accuracy']:.1f}% (baseline) -> "
             f"{100 * c['best_neuron']['accuracy']:.1f}% (faces removed; paper 81.7% -> 72.5%); the face filter "
             f"removed {f['removed']} of {f['source_count']} training frames\n"

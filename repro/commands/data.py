@@ -17,19 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from repro.errors import ReproError
-from repro.options import ReproGroup
+from repro.options import ReproGroup, err_console, out_console
 
 root_option = click.option("--root", type=click.Path(file_okay=False, path_type=Path), default="data",
                            envvar="REPRO_DATA", show_default=True,
                            help="Data root: raw files in ROOT/raw/NAME, stores in ROOT/prepared/NAME ($REPRO_DATA).")
-
-
-def _console() -> Console:
-    return Console(stderr=True)
 
 
 @click.group("data", cls=ReproGroup)
@@ -59,7 +54,7 @@ def list_cmd(root: Path) -> None:
         exp = ", ".join(f"{k}={v}" for k, v in m.expected.items())
         role = m.role + (f" ({m.concept})" if m.concept else "")
         t.add_row(m.name, role, m.kind, exp, fetched, ", ".join(prep) or "no")
-    Console().print(t)
+    out_console().print(t)
 
 
 @data.command("fetch")
@@ -74,8 +69,8 @@ def fetch_cmd(name: str, from_path: Path | None, root: Path) -> None:
     from repro.data.manifest import load
 
     m = load(name)
-    for line in fetch(m, root, from_path, _console()):
-        _console().print(line)
+    for line in fetch(m, root, from_path, err_console()):
+        err_console().print(line)
 
 
 @data.command("prepare")
@@ -101,16 +96,16 @@ def prepare_cmd(name: str, from_path: Path | None, skip_bad: bool, workers: int 
             raise ReproError(f"--size: must be two positive integers, got {size[0]} {size[1]}")
         m.prepare.size = (size[0], size[1])
     sums = prepare(m, root, from_path=from_path, skip_bad=skip_bad, workers=workers, force=force, seed=seed,
-                   console=_console())
+                   console=err_console())
     t = Table(title=f"{m.name} -> {root / 'prepared' / m.name}")
     for c in ("split", "images", "skipped", "note"):
         t.add_column(c)
     for s in sums:
         t.add_row(s["split"], str(s["count"]), str(s.get("skipped", 0)), s.get("note", ""))
-    Console().print(t)
+    out_console().print(t)
     total_skipped = sum(s.get("skipped", 0) for s in sums)
     if total_skipped:
-        _console().print(f"[yellow]skipped {total_skipped} undecodable file(s)[/yellow]")
+        err_console().print(f"[yellow]skipped {total_skipped} undecodable file(s)[/yellow]")
 
 
 @data.command("import")
@@ -134,15 +129,15 @@ def import_cmd(folder: Path, name: str, size: tuple[int, int], positive: str | N
     """
     from repro.data.importer import import_folder
 
-    s = import_folder(folder, name, root, size, positive, grey, crop, split, skip_bad, workers, _console())
+    s = import_folder(folder, name, root, size, positive, grey, crop, split, skip_bad, workers, err_console())
     t = Table(title=f"{folder} -> {s['store']}")
     for c in ("class", "images", "label"):
         t.add_column(c)
     for c, n in s["classes"].items():
         t.add_row(c, str(n), str(s["labels"][c]))
-    Console().print(t)
+    out_console().print(t)
     if s.get("skipped"):
-        _console().print(f"[yellow]skipped {s['skipped']} undecodable file(s)[/yellow]")
+        err_console().print(f"[yellow]skipped {s['skipped']} undecodable file(s)[/yellow]")
 
 
 @data.command("verify")
@@ -182,13 +177,13 @@ def verify_cmd(name: str, root: Path) -> None:
         for k, v in tot.items():
             if m.expected.get(k) and m.expected[k] != v:
                 problems.append(f"{m.path or m.name}: expected {k} = {m.expected[k]}, prepared stores hold {v}")
-    Console().print(t)
+    out_console().print(t)
     if problems:
         for p in problems[1:]:
-            _console().print(f"[red]{p}[/red]")
+            err_console().print(f"[red]{p}[/red]")
         more = f" (and {len(problems) - 1} more problems above)" if len(problems) > 1 else ""
         raise ReproError(problems[0] + more)
-    Console().print(f"[green]{m.name}: all checks passed[/green]")
+    out_console().print(f"[green]{m.name}: all checks passed[/green]")
 
 
 @data.command("filter-faces")
@@ -210,8 +205,8 @@ def filter_faces_cmd(name: str, split: str, out: str | None, min_face: float, mi
     out = out or f"{st.name or Path(name).name}-noface"
     dest = Path(out) if ("/" in out) else root / "prepared" / out / split
     det = FaceDetector(upscale_to=upscale_to, min_face=min_face, min_neighbors=min_neighbors)
-    s = filter_faces(st, dest, det, console=_console())
-    Console().print(f"face filter: removed [bold]{s['removed']}[/bold] of {s['source_count']} images "
+    s = filter_faces(st, dest, det, console=err_console())
+    out_console().print(f"face filter: removed [bold]{s['removed']}[/bold] of {s['source_count']} images "
                     f"({100.0 * s['removed'] / max(1, s['source_count']):.1f}%), kept {s['kept']} -> {dest}")
 
 
@@ -234,5 +229,5 @@ def bench_cmd(name: str, split: str, batch: int, steps: int, replicas: int, root
     t = time.perf_counter()
     n = sum(len(x) for x in ld.steps(steps))
     dt = time.perf_counter() - t
-    Console().print(f"{st.path}: {n} images in {dt:.2f}s = {n / dt:.0f} images/s end to end; "
+    out_console().print(f"{st.path}: {n} images in {dt:.2f}s = {n / dt:.0f} images/s end to end; "
                     f"reader thread {ld.images_per_s:.0f} images/s")

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from repro.options import figure_options
+from repro.options import err_console, figure_options, out_console
 
 
 @click.command("evaluate")
@@ -55,7 +54,7 @@ def evaluate(obj, concept, checkpoint, config_name, layer, sublayer, data, split
     from repro.experiments.evaluate import EvalOptions, evaluate as run_eval
     from repro.experiments.run import Run
 
-    console = Console(stderr=True)
+    console = err_console()
     run = Run.open(obj.device, checkpoint, config_name, root)
     stage = run.stage(layer)
     ts = run.test_set(concept, data, split, console)  # before the expensive parts: empty, one-class, wrong size
@@ -82,7 +81,7 @@ def print_summary(r: dict, out: Path) -> None:
         t.add_row(name, report.pct(ours) or "", "" if a is None else f"{a:.3f}", report.paper_pct(le) or "",
                   report.paper_pct(co) or "")
     b = r["best_neuron"]
-    con = Console()
+    con = out_console()
     con.print(t)
     con.print(f"best neuron {b['index']} = unit {b['unit']} of layer {b['layer']} {b['sublayer']}, "
               f"threshold {b['threshold']:.4g}; reports: {out / ('evaluate-' + r['concept'] + '.json')}, "

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
 
 from repro import atomic
 from repro.engine.comm import world
 from repro.errors import ReproError
 from repro.model import checkpoint as ckpt
 from repro.model.network import param_names
+from repro.options import out_console
 
 
 @click.command("export")
@@ -36,4 +36,4 @@ def export(checkpoint: str, out_path: str, with_optimizer: bool) -> None:
     except OSError as exc:
         raise ReproError(f"{out}: cannot write ({exc.strerror})") from None
     n = sum(a.size for k, a in arrays.items() if k in param_names(cfg))
-    Console().print(f"wrote {out}: {len(arrays)} arrays, {n:,} parameters, step {manifest['step']}")
+    out_console().print(f"wrote {out}: {len(arrays)} arrays, {n:,} parameters, step {manifest['step']}")

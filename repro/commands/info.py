@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from repro import atomic
 from repro.engine.backend import gpu_available
 from repro.model.config import load_config
 from repro.model.memory import estimate, flops_per_update, human
+from repro.options import out_console
 
 
 @click.command("info")
@@ -23,7 +23,7 @@ def info(ctx: click.Context, config_name: str, ranks: int, batch: int | None, js
     """Layers, parameter counts, and per-rank bytes of parameters, optimizer state, activations and halos."""
     cfg = load_config(config_name)
     batch = batch or cfg.train.batch
-    con = Console()
+    con = out_console()
     t = Table(title=f"{cfg.name}: {cfg.notes}" if cfg.notes else cfg.name)
     for col in ("stage", "sublayer", "output (maps x H x W)", "window / stride", "parameters (W1)"):
         t.add_column(col, justify="right" if col.startswith("param") else "left")

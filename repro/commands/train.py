@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
+from repro.engine.stop import exit_code
 from repro.experiments.run import open_session, training_store
 from repro.experiments.train import (check_run_folder, check_same_data, prepare_run_folder, resolve_config,
                                      train as run_training, training_data_for)
+from repro.options import err_console, out_console
 
 
 @click.command("train")
@@ -27,15 +28,18 @@ from repro.experiments.train import (check_run_folder, check_same_data, prepare_
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Steps between checkpoints.")
 @click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints to keep (newest).")
+@click.option("--progress-every", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              envvar="REPRO_PROGRESS_EVERY",
+              help="Seconds between progress lines when stderr is not a terminal (batch logs, mpiexec).")
 @click.pass_obj
 def train(obj, config_name, data, root, out, resume, force, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
-          optimizer, seed, checkpoint_every, keep) -> None:
+          optimizer, seed, checkpoint_every, keep, progress_every) -> int:
     """Train a network (default: faces32 on the built-in pypi-faces data) on any number of MPI ranks, CPU or GPU."""
     if resume and out is None:
         raise click.BadParameter("--resume needs --out RUN (the run to continue)", param_hint="--resume")
     if resume and force:
         raise click.BadParameter("--resume continues the run, --force replaces it: choose one", param_hint="--force")
-    console = Console(stderr=True)
+    console = err_console()
     # everything is checked before the run folder is touched: a bad start changes nothing
     session = open_session(obj.device, out, create=None)
     check_run_folder(session.run, resume, force)
@@ -48,10 +52,16 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
         check_same_data(session, store, console)
     prepare_run_folder(session, force, console)
     summary = run_training(session, cfg, store, resume=resume, max_steps=max_steps, console=console,
-                           keep=keep)
+                           keep=keep, progress_every=progress_every)
     if session.w.is_root:
         state = "finished" if summary["finished"] else f"stopped at step {summary['steps_done']}"
         losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["last_loss"].items())
-        Console().print(f"[bold]train[/bold] {cfg.name}: {state} of {summary['steps_total']} steps on "
+        out_console().print(f"[bold]train[/bold] {cfg.name}: {state} of {summary['steps_total']} steps on "
                         f"{summary['ranks']} rank(s) ({summary['device']}), {summary['images_per_s']:.0f} images/s; "
                         f"last losses: {losses}\nrun folder: {session.run}")
+    if summary.get("stopped_by"):
+        if session.w.is_root:
+            console.print(f"{summary['stopped_by']}: stopped at step {summary['steps_done']} of {summary['steps_total']} "
+                          f"with a checkpoint there; continue with: repro train --out {session.run} --resume")
+        return exit_code(summary["stopped_by"])
+    return 0

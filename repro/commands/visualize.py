@@ -7,10 +7,9 @@ from typing import Any
 
 import click
 import numpy as np
-from rich.console import Console
 
 from repro.errors import ReproError
-from repro.options import ReproGroup, figure_options
+from repro.options import ReproGroup, err_console, figure_options, out_console
 
 
 def _evaluated_test_set(run: Path, concept: str) -> list[str] | None:
@@ -47,13 +46,13 @@ def neuron_options(f: Any) -> Any:
 
 
 def _setup(obj: Any, run: str, config_name: Any, concept: str, layer: Any, sublayer: Any, index: Any, data: Any,
-           split: Any, root: str) -> tuple[Any, Any, Any, Any, Console, Any]:
+           split: Any, root: str) -> tuple[Any, Any, Any, Any, Any, Any]:
     """The run, its network, the neuron to show and the test set: by default the stores the
     evaluation used (``RUN/evaluate-<concept>.json``), else as ``repro evaluate`` picks them."""
     from repro.experiments.run import Run
     from repro.experiments.visualize import resolve_neuron
 
-    console = Console(stderr=True)
+    console = err_console()
     r = Run.open(obj.device, run, config_name, root)
     net, _ = r.network()
     neuron, ev = resolve_neuron(net.cfg, r.folder, concept, layer, sublayer, index)
@@ -84,7 +83,7 @@ def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, sp
                  formats=tuple(dict.fromkeys(formats)))
     if session.w.is_root:
         st, b = s["stimulus"], s["best_test_image"]
-        Console().print(
+        out_console().print(
             f"[bold]visualize best-neuron[/bold] {neuron.label()}: top {s['top']['k']} test images hold "
             f"{s['top']['positives']} positives; optimal stimulus f = {st['activation']:.4g} after "
             f"{st['iterations']} steps from {st['start']} ({st['stopped']}), best test image at unit norm "
@@ -121,7 +120,7 @@ def invariance(obj, run, config_name, concept, layer, sublayer, index, data, spl
         def spread(kind: str) -> str:
             t, q = np.asarray(c[kind]["trained"]["relative"]), np.asarray(c[kind]["random"]["relative"])
             return f"{kind} {t.min():.2f}..{t.max():.2f} (random {q.min():.2f}..{q.max():.2f})"
-        Console().print(f"[bold]visualize invariance[/bold] {neuron.label()} on {len(r['faces'])} faces, "
+        out_console().print(f"[bold]visualize invariance[/bold] {neuron.label()} on {len(r['faces'])} faces, "
                         f"relative response ranges: " + "; ".join(spread(k) for k in c)
                         + f"\nwrote {session.run}/invariance.json and " + ", ".join(r["files"]))
 

@@ -123,6 +123,11 @@ def report_and_abort(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+class CollectiveExit(SystemExit):
+    """Every rank leaves with this code at the same point of the program (a job stopped on a signal
+    after checkpointing): a clean exit, no abort."""
+
+
 @contextlib.contextmanager
 def abort_on_error(user_errors: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Run a job so that an error on one rank ends all ranks promptly.
@@ -133,6 +138,8 @@ def abort_on_error(user_errors: tuple[type[BaseException], ...] = ()) -> Iterato
     """
     try:
         yield
+    except CollectiveExit:
+        raise
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code != 0 and world().size > 1:

@@ -23,6 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from repro import atomic
 from repro.data.loader import Loader
+from repro.engine import threads
+from repro.engine.stop import StopRequests
 from repro.errors import ReproError
 from repro.experiments.run import Session, data_record, recorded_training_data
 from repro.model import checkpoint as ckpt
@@ -64,11 +66,13 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
 
 
 def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False, max_steps: int | None = None,
-          console: Console | None = None, keep: int = 2) -> dict[str, Any]:
+          console: Console | None = None, keep: int = 2, progress_every: float = 30.0) -> dict[str, Any]:
     """Run (or continue) the schedule; checkpoints in ``RUN/checkpoints`` (the newest ``keep``); returns the summary.
 
     ``max_steps`` is the step to stop at, counted from the start of the run (a resumed run at step
-    1200 with ``max_steps`` 1300 trains 100 steps). A run already at or past it changes nothing."""
+    1200 with ``max_steps`` 1300 trains 100 steps). A run already at or past it changes nothing.
+    SIGTERM, SIGUSR1 or Ctrl-C stop every rank after the current step, with a checkpoint there
+    (``summary["stopped_by"]`` names the signal)."""
     w, xp, t = session.w, session.xp, cfg.train
     console = console or Console(stderr=True)
     cfg.check_image_shape(tuple(store.shape), str(getattr(store, "path", "dataset")))
@@ -100,12 +104,12 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
         _trim_log(log_path, start)
     losses: dict[str, float] = {}
     phase_start_loss: dict[str, float] = {}
-    t0, seen = time.perf_counter(), 0
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
-                        TimeRemainingColumn(), console=console, disable=not w.is_root)
-    with progress, (open(log_path, "a", buffering=1) if w.is_root else _Null()) as log:
-        task = progress.add_task("train", total=total, completed=start, loss=float("nan"), ips=0.0)
+    began, t0, seen, done, stopped_by = _utc_now(), time.perf_counter(), 0, start, None
+    if w.is_root:
+        console.print(f"train {cfg.name}: steps {start} -> {end} of {total} on {w.size} rank(s) "
+                      f"({session.backend.name}), {threads.describe()}")
+    with StopRequests() as stops, TrainProgress(console, total, start, w.is_root, progress_every) as progress, \
+            (open(log_path, "a", buffering=1) if w.is_root else _Null()) as log:
         # every rank of the model-parallel group reads the same images, step by step, read ahead
         batches = Loader(store, t.batch, t.seed, shuffle=False).read(
             batch_indices(len(store), t.batch, t.seed, g) for g in range(start, end))
@@ -126,26 +130,107 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
             losses[phase.name] = loss
             seen += t.batch
             ips = seen / (time.perf_counter() - t0)
-            progress.update(task, advance=1, description=f"train {phase.name}", loss=loss, ips=ips)
-            if w.is_root:
-                log.write(json.dumps({"step": g + 1, "phase": phase.name, "loss": loss, "lr": opt.lr,
-                                      "images_per_s": round(ips, 2), "wall_s": round(time.time(), 3)}) + "\n")
             done = g + 1
-            if done % t.checkpoint_every == 0 or done == end:
+            progress.update(done, phase.name, loss, ips)
+            if w.is_root:
+                log.write(json.dumps({"step": done, "phase": phase.name, "loss": loss, "lr": opt.lr,
+                                      "images_per_s": round(ips, 2), "unix_time": round(time.time(), 3)}) + "\n")
+            stopped_by = stops.agreed(w)  # collective: every rank stops after the same step
+            if done % t.checkpoint_every == 0 or done == end or stopped_by:
                 if not _finite(net):  # a finite loss before the update does not make finite weights after it
                     raise ReproError(f"parameters are no longer finite after step {done} ({phase.name}); no checkpoint "
                                      "written; lower train.lr (--lr)")
                 save_checkpoint(net, opt, ck_dir, done, {"phase": phase.name}, keep=keep)
+            if stopped_by:
+                break
+        batches.close()
     wall = time.perf_counter() - t0
-    segment = {"from_step": start, "to_step": end, "ranks": w.size, "device": session.backend.name,
-               "seconds": wall, "images_per_s": seen / wall if wall else 0.0}
+    segment = {"from_step": start, "to_step": done, "ranks": w.size, "device": session.backend.name,
+               "threads_per_rank": threads.configure()[0], "seconds": wall,
+               "images_per_s": seen / wall if wall else 0.0, "started": began, "ended": _utc_now(),
+               **run_provenance()}
+    if stopped_by:
+        segment["stopped_by"] = stopped_by
     before = (_read_summary(session.run) or {}).get("segments", []) if start > 0 else []
-    summary = {"steps_done": end, "steps_total": total, "finished": end == total, "ranks": w.size,
+    summary = {"steps_done": done, "steps_total": total, "finished": done == total, "ranks": w.size,
                "device": session.backend.name, "last_loss": losses, "images_per_s": segment["images_per_s"],
                "seconds": wall + sum(s.get("seconds", 0.0) for s in before), "segments": before + [segment],
-               "checkpoint": str(ck_dir / f"step-{end:08d}") if end else None}
+               "checkpoint": str(ck_dir / f"step-{done:08d}") if done else None}
+    if stopped_by:
+        summary["stopped_by"] = stopped_by
     session.write_json("train.json", summary)
     return summary
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_provenance() -> dict[str, Any]:
+    """What produced a segment of a run: the command line, the package version and, when the package
+    runs from a git checkout, its commit (``+dirty`` with uncommitted changes), and the host."""
+    import platform
+    import subprocess
+    import sys
+
+    from repro import __version__
+
+    rec: dict[str, Any] = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "repro_version": __version__,
+                           "python": platform.python_version(), "host": platform.node()}
+    src = Path(__file__).resolve().parents[2]
+    if (src / ".git").exists():
+        try:
+            head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            if head:
+                rec["git_commit"] = head + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return rec
+
+
+class TrainProgress:
+    """Progress on rank 0: a live bar on a terminal; elsewhere (a batch job's log file, any rank under
+    ``mpiexec``) a plain line after the first step, then every ``every`` seconds, and at the last step."""
+
+    def __init__(self, console: Console, total: int, start: int, enabled: bool, every: float) -> None:
+        self.console, self.total, self.start, self.enabled, self.every = console, total, start, enabled, every
+        self.live = enabled and console.is_terminal
+        self.t0 = time.perf_counter()
+        self.last = -float("inf")
+        self.bar: Progress | None = None
+
+    def __enter__(self) -> "TrainProgress":
+        if self.live:
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+                                TimeRemainingColumn(), console=self.console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, loss=float("nan"), ips=0.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, step: int, phase: str, loss: float, ips: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, description=f"train {phase}", loss=loss, ips=ips)
+            return
+        now = time.perf_counter()
+        if now - self.last < self.every and step != self.total:
+            return
+        self.last = now
+        rate = (step - self.start) / (now - self.t0) if now > self.t0 else 0.0
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) / rate)) if rate > 0 else "?"
+        f = self.console.file
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step}/{self.total} ({100 * step / self.total:.1f}%) "
+                f"{phase} loss {loss:.4f} {ips:.0f} img/s ETA {eta}\n")
+        f.flush()
 
 
 def _finite(net: Network) -> bool:
