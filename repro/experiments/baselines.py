@@ -32,9 +32,11 @@ from repro.engine.comm import World
 from repro.errors import ReproError
 from repro.experiments.scoring import (N_THRESHOLDS, Scores, accuracy_at, auc, held_out_split,
                                        stratified_halves, threshold_scores)
+from repro.experiments.run import Session
 from repro.experiments.testset import as_float
+from repro.experiments.train import train
 from repro.model.config import NetworkConfig
-from repro.model.network import Network, standardize
+from repro.model.network import Network, load_checkpoint, standardize
 
 FILTER_CHUNK = 256  # linear filters per unit of work (global, so any rank count computes alike)
 READINGS = ("patch", "image")
@@ -206,9 +208,6 @@ def one_layer_network(session: Any, cfg1: NetworkConfig, store: Any, out: Path, 
     """The one-stage network trained on ``store``: reused from ``reuse_from`` or ``out/one-layer`` when
     one of them holds it finished on the same store, else trained into ``out/one-layer``.
     Returns (network, reused?, its run folder)."""
-    from repro.experiments.run import Session
-    from repro.experiments.train import train
-    from repro.model.network import load_checkpoint
 
     w = session.w
     fp = store.fingerprint()

@@ -24,16 +24,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from repro import report
+from repro.data.facefilter import filter_faces
+from repro.data.prepare import prepared_dir
+from repro.data.store import is_complete, open_store
 from repro.errors import ReproError
+from repro.experiments.evaluate import evaluate
 from repro.experiments.run import Session
+from repro.experiments.train import train
+from repro.model import checkpoint as ckpt
+from repro.model.network import load_checkpoint
 
 
 def filtered_store(session: Session, store: Any, root: str, name: str, console: Any = None
                    ) -> tuple[Any, dict[str, Any], bool]:
     """The face-filtered copy of ``store`` (built by rank 0 unless complete); its summary; reused?"""
-    from repro.data.facefilter import filter_faces
-    from repro.data.prepare import prepared_dir
-    from repro.data.store import is_complete, open_store
 
     out = prepared_dir(Path(root), f"{name}-noface") / "train"
     reused = bool(session.w.bcast(is_complete(out) if session.w.is_root else None))
@@ -52,7 +57,6 @@ def filtered_store(session: Session, store: Any, root: str, name: str, console: 
 
 def train_control(session: Session, cfg: Any, store: Any, max_steps: int | None, console: Any) -> dict[str, Any]:
     """Train ``cfg`` on ``store`` into ``RUN/control`` (continuing its checkpoint if there is one)."""
-    from repro.experiments.train import train
 
     run = session.run / "control"
     if session.w.is_root:
@@ -70,9 +74,6 @@ def train_control(session: Session, cfg: Any, store: Any, max_steps: int | None,
 def evaluate_run(session: Session, run: Path, ts: Any, train_store: Any, opt: Any, console: Any,
                  reuse: bool = True) -> dict[str, Any]:
     """``repro evaluate`` on one run folder, or its existing result if made on the same test set and step."""
-    from repro.experiments.evaluate import evaluate
-    from repro.model import checkpoint as ckpt
-    from repro.model.network import load_checkpoint
 
     sub = Session(session.w, session.backend, Path(run))
     path = Path(run) / f"evaluate-{opt.concept}.json"
@@ -94,7 +95,6 @@ def evaluate_run(session: Session, run: Path, ts: Any, train_store: Any, opt: An
 
 def side_by_side(concept: str, base: dict[str, Any], ctrl: dict[str, Any], filt: dict[str, Any],
                  base_train: dict[str, Any], ctrl_train: dict[str, Any]) -> dict[str, Any]:
-    from repro import report
 
     le = report.paper_numbers(concept)["le2012"]
 
@@ -117,7 +117,6 @@ def side_by_side(concept: str, base: dict[str, Any], ctrl: dict[str, Any], filt:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    from repro import report
 
     b, c, f = r["baseline"], r["faces_removed"], r["face_filter"]
     rows = [
@@ -163,7 +162,6 @@ def _auc(r: dict[str, Any]) -> str | None:
 def control(session: Session, base_cfg: Any, train_store: Any, data_name: str, ts: Any, opt: Any, root: str,
             max_steps: int | None = None, console: Any = None) -> dict[str, Any]:
     """The whole control experiment; rank 0 writes ``RUN/control.json`` and ``RUN/control.md``."""
-    from repro import report
 
     ts.check(base_cfg)
     fstore, filt, reused = filtered_store(session, train_store, root, data_name, console)

@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from repro import atomic
+from repro import atomic, report
 from repro.engine.comm import World
 from repro.errors import ReproError
 from repro.experiments.baselines import (FILTER_CHUNK, READINGS, LinearFilters,  # noqa: F401 (re-exported)
@@ -244,7 +245,6 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
              opt: EvalOptions, console: Any = None, out: Path | None = None) -> dict[str, Any]:
     """Run the protocol and every baseline; rank 0 writes JSON, Markdown and the histogram into ``out``
     (default: the run folder), which also receives the one-layer baseline's run."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     t0 = time.perf_counter()
     w, cfg = session.w, net.cfg
@@ -298,7 +298,6 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
             transfer = transfer_score(net, ts, transfer_neuron, opt.batch)
         progress.update(task, advance=1, description="done")
 
-    from repro import report
 
     best.update({"layer": opt.stage, "sublayer": opt.sublayer, "unit": unit_of(cfg, opt.stage, opt.sublayer,
                                                                                best["index"]),
@@ -388,7 +387,6 @@ def describe_test_set(r: dict[str, Any]) -> str:
 
 def write_reports(out: Path, r: dict[str, Any], best_acts: np.ndarray, y: np.ndarray, opt: EvalOptions) -> None:
     """Rank 0: ``evaluate-<concept>.json``, ``evaluate-<concept>.md``, ``histogram-<concept>.<format>``."""
-    from repro import report
 
     c = r["concept"]
     sub = balanced_subsample(y, opt.seed)

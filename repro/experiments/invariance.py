@@ -32,9 +32,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from repro.data.loader import to_float
 from repro.errors import ReproError
+from repro.experiments.evaluate import distributed_best, rank_features, unit_of
+from repro.experiments.scoring import best_neuron
 from repro.experiments.visualize import (Neuron, check_images, figure, neuron_dict, neuron_responses, save_figure,
                                          test_set_name)
+from repro.model.network import Network
 
 IDENTITY = {"scale": 1.0, "translation_x": 0.0, "translation_y": 0.0, "rotation": 0.0}
 
@@ -144,7 +148,6 @@ def angles_of(store: Any, pattern: str = ANGLE_RE) -> np.ndarray:
 def rotation_3d(nets: dict[str, Any], store: Any, neurons: dict[str, Neuron], cfg: Any, pattern: str = ANGLE_RE
                 ) -> dict[str, Any]:
     """Mean response per yaw angle over every image of the rotating-face set at that angle."""
-    from repro.data.loader import to_float
 
     check_images(cfg, store)
     ang = angles_of(store, pattern)
@@ -229,7 +232,6 @@ def write_plots(run: Any, result: dict[str, Any], neurons: dict[str, Neuron], th
 
 def best_of(net: Any, ts: Any, neuron: Neuron) -> tuple[Neuron, float]:
     """The protocol's best neuron of ``net`` in the neuron's stage and sublayer on ``ts``, and its threshold."""
-    from repro.experiments.evaluate import distributed_best, rank_features, unit_of
 
     F = rank_features(net, ts, neuron.layer, neuron.sublayer)
     b = distributed_best(net.w, F.F, F.index, ts.y)[0]
@@ -239,7 +241,6 @@ def best_of(net: Any, ts: Any, neuron: Neuron) -> tuple[Neuron, float]:
 
 def threshold_of(net: Any, ts: Any, neuron: Neuron) -> float:
     """The protocol's threshold of one neuron on ``ts`` (its best of 20)."""
-    from repro.experiments.scoring import best_neuron
 
     acts = neuron_responses(net, ts.images(np.arange(len(ts))), neuron)
     return float(best_neuron(acts[:, None], ts.y)["threshold"])
@@ -255,7 +256,6 @@ def invariance(session: Any, net: Any, ts: Any, neuron: Neuron, seed: int = 0, f
     rotating faces (angle in each source file name); ``threshold`` the trained neuron's (from its
     evaluation; else found on ``ts`` by the protocol).
     """
-    from repro.model.network import Network
 
     ts.check(net.cfg)
     idx = pick_faces(ts.y, faces, seed, test_set_name(ts))

@@ -1,15 +1,22 @@
 """What every experiment shares: the run folder, the backend, the world, the data, writing results."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from repro import atomic
+from repro.data.builtin import builtin_manifest, ensure_builtin
+from repro.data.prepare import require_store, resolve_dataset
 from repro.engine.backend import Backend, local_rank_from_env, select_backend
 from repro.engine.comm import World, world
 from repro.errors import ReproError
+from repro.experiments.testset import TestSet
+from repro.model import checkpoint as ckpt
+from repro.model.config import load_config
+from repro.model.network import load_checkpoint
 
 
 @dataclass
@@ -85,7 +92,6 @@ def data_record(store: Any) -> dict[str, Any]:
 
 def recorded_training_data(run: Path) -> dict[str, Any] | None:
     """What ``RUN/data.json`` recorded about the training store, if the store still exists there."""
-    import json
 
     try:
         rec = json.loads((Path(run) / "data.json").read_text())
@@ -108,7 +114,6 @@ def training_data_of(run: Path, given: str | None, config_data: str) -> tuple[st
 
 def _ensure_builtin(session: Session, name: str, root: str, console: Any = None) -> None:
     """A built-in data set is made on first use, by rank 0, while the others wait."""
-    from repro.data.builtin import builtin_manifest, ensure_builtin
 
     if builtin_manifest(name) is None:
         return
@@ -119,7 +124,6 @@ def _ensure_builtin(session: Session, name: str, root: str, console: Any = None)
 
 def training_store(session: Session, name: str, root: str, console: Any = None) -> Any:
     """The training store NAME (a built-in set is made on first use); others must be prepared."""
-    from repro.data.prepare import require_store
 
     _ensure_builtin(session, name, root, console)
     return require_store(name, "train", root)
@@ -129,7 +133,6 @@ def test_set_names(concept: str, train_data: str | list[str], data: tuple[str, .
     """The stores of a concept's test set: ``--data`` if given, else the labeled splits of the first
     built-in data set among ``train_data`` (the run's training data, then its config's) that has them
     for this concept, else the concept's downloadable sets."""
-    from repro.data.builtin import builtin_manifest
 
     names: list[str] = []
     for d in data:
@@ -145,8 +148,6 @@ def test_set_names(concept: str, train_data: str | list[str], data: tuple[str, .
 
 def open_test_set(session: Session, names: list[str], root: str, split: str = "test", console: Any = None) -> Any:
     """The labeled images of ``split`` of every named store, as one evaluate ``TestSet``."""
-    from repro.data.prepare import require_store, resolve_dataset
-    from repro.experiments.testset import TestSet
 
     stores = []
     for n in names:
@@ -179,12 +180,10 @@ class Run:
 
     @classmethod
     def open(cls, device: str, checkpoint: str | Path, config_name: str | None = None, root: str = "data") -> "Run":
-        from repro.model import checkpoint as ck
-        from repro.model.config import load_config
 
-        path = ck.resolve(checkpoint)
-        cfg = load_config(config_name) if config_name else ck.config_of(path)
-        ck.check_compatible(path, cfg)
+        path = ckpt.resolve(checkpoint)
+        cfg = load_config(config_name) if config_name else ckpt.config_of(path)
+        ckpt.check_compatible(path, cfg)
         return cls(open_session(device, str(run_folder(path)), create=False), path, cfg, str(root))
 
     @property
@@ -197,7 +196,6 @@ class Run:
 
     def network(self) -> tuple[Any, dict[str, Any]]:
         """The network of the checkpoint (this rank's tiles) and the checkpoint's manifest."""
-        from repro.model.network import load_checkpoint
 
         return load_checkpoint(self.checkpoint, self.cfg, self.session.xp, self.w)
 

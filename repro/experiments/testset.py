@@ -6,13 +6,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from repro.data.loader import to_float
 from repro.errors import ReproError
 from repro.model.config import NetworkConfig
 
 
 def as_float(images: np.ndarray) -> np.ndarray:
     """uint8 (B, H, W[, C]) -> float32 (B, C, H, W) in [0, 1] (as training reads them)."""
-    from repro.data.loader import to_float
 
     return to_float(images)
 

@@ -11,7 +11,10 @@ and ``g``), so a resumed run ends with the same parameters as an uninterrupted o
 from __future__ import annotations
 
 import json
+import platform
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +24,14 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from repro import atomic
+from repro import __version__, atomic
 from repro.data.loader import Loader
 from repro.engine import threads
 from repro.engine.stop import StopRequests
 from repro.errors import ReproError
 from repro.experiments.run import Session, data_record, recorded_training_data
 from repro.model import checkpoint as ckpt
-from repro.model.config import NetworkConfig
+from repro.model.config import NetworkConfig, load_config, load_saved, validate
 from repro.model.network import Network, apply_update, load_checkpoint, save_checkpoint
 from repro.model.optim import Optimizer
 
@@ -169,11 +172,7 @@ def _utc_now() -> str:
 def run_provenance() -> dict[str, Any]:
     """What produced a segment of a run: the command line, the package version and, when the package
     runs from a git checkout, its commit (``+dirty`` with uncommitted changes), and the host."""
-    import platform
-    import subprocess
-    import sys
 
-    from repro import __version__
 
     rec: dict[str, Any] = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "repro_version": __version__,
                            "python": platform.python_version(), "host": platform.node()}
@@ -280,7 +279,6 @@ def resolve_config(session: Session, config: str | None, resume: bool, overrides
     ``config`` is None when the user did not name one; naming one on --resume checks that the
     run's checkpoint fits it.
     """
-    from repro.model.config import load_config, load_saved, validate
 
     saved = session.run / "config.json"
     kw = {k: v for k, v in overrides.items() if v is not None}

@@ -158,6 +158,15 @@ class LCN(_Sublayer):
         return scatter_add(dpw, self.plan, self.w)
 
 
+SUBLAYERS = ("filter", "pool", "lcn")
+
+
+def check_sublayer(name: str) -> str:
+    if name not in SUBLAYERS:
+        raise ValueError(f"unknown sublayer {name!r}: choose filter, pool or lcn")
+    return name
+
+
 @dataclass
 class StageCache:
     """What the backward pass of one stage needs from its forward pass."""
@@ -169,6 +178,10 @@ class StageCache:
     p: Any  # pooling output tile
     pw: Any  # pooling-output window of the LCN tile
     z: Any  # LCN output tile
+
+    def sublayer(self, name: str) -> Any:
+        """The tile of one sublayer's output: ``filter``, ``pool`` or ``lcn``."""
+        return {"filter": self.y, "pool": self.p, "lcn": self.z}[check_sublayer(name)]
 
 
 def _window_cover(n: int, stride: int, k: int) -> np.ndarray:

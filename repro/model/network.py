@@ -33,7 +33,7 @@ from repro.engine.distarray import DistArray, gather
 from repro.engine.timing import TIMER
 from repro.model import checkpoint as ckpt
 from repro.model.config import NetworkConfig
-from repro.model.layers import Stage, StageCache
+from repro.model.layers import Stage, StageCache, check_sublayer
 from repro.model.layout import Layout
 from repro.model.optim import Optimizer
 
@@ -171,7 +171,10 @@ class Network:
 
     def forward(self, images: Any, upto: int | None = None) -> list[StageCache]:
         """All stages (or the first ``upto``), keeping what backward needs."""
-        a = self.input_array(images)
+        return self.forward_from(self.input_array(images), upto)
+
+    def forward_from(self, a: DistArray, upto: int | None = None) -> list[StageCache]:
+        """The stages from an already prepared first-stage input (see :meth:`input_array`)."""
         caches = []
         for i in range(len(self.cfg.stages) if upto is None else upto):
             c = self.stage_forward(i, a)
@@ -236,8 +239,7 @@ class Network:
     # ---- features for evaluation ----------------------------------------------------------------
     def features(self, images: Any, stage: int, sublayer: str = "pool") -> Any:
         """This rank's tile of a sublayer's activations (``filter``, ``pool`` or ``lcn``) for a batch."""
-        c = self.forward(images, upto=stage + 1)[-1]
-        return {"filter": c.y, "pool": c.p, "lcn": c.z}[sublayer]
+        return self.forward(images, upto=stage + 1)[-1].sublayer(sublayer)
 
 
 def apply_update(net: Network, opt: Optimizer, grads: dict[str, Any]) -> None:
@@ -314,10 +316,7 @@ def gather_activation(net: Network, tile: Any, part: Any, root: int | None = 0) 
 
 def sublayer_partition(net: Network, stage: int, sublayer: str) -> Any:
     L = net.layout.stages[stage]
-    try:
-        return {"filter": L.part_f, "pool": L.part_p, "lcn": L.part_n}[sublayer]
-    except KeyError:
-        raise ValueError(f"unknown sublayer {sublayer!r}: choose filter, pool or lcn") from None
+    return {"filter": L.part_f, "pool": L.part_p, "lcn": L.part_n}[check_sublayer(sublayer)]
 
 
 def unit_gradient(net: Network, x_std: Any, stage: int, sublayer: str, unit: tuple[int, int, int]
@@ -333,16 +332,11 @@ def unit_gradient(net: Network, x_std: Any, stage: int, sublayer: str, unit: tup
     x = xp.asarray(x_std, dtype=net.dtype)
     cfg = net.cfg
     a0 = K.lcn_same_forward(x, cfg.input_lcn, cfg.input_lcn_sigma, cfg.input_lcn_eps) if cfg.input_lcn > 1 else x
-    caches, a = [], DistArray.from_replicated(a0, net.layout.stages[0].part_in, net.w)
-    for i in range(stage + 1):
-        c = net.stage_forward(i, a)
-        caches.append(c)
-        a = DistArray(c.z, net.layout.stages[i].part_n, net.w)
+    caches = net.forward_from(DistArray.from_replicated(a0, net.layout.stages[0].part_in, net.w), stage + 1)
     f, gy, gx = unit
     part = sublayer_partition(net, stage, sublayer)
     y0, y1, x0, x1 = part.tile(net.w.rank)
-    last = caches[-1]
-    act = {"filter": last.y, "pool": last.p, "lcn": last.z}[sublayer]
+    act = caches[-1].sublayer(sublayer)
     seed = xp.zeros(act.shape, dtype=act.dtype)
     value = 0.0
     if y0 <= gy < y1 and x0 <= gx < x1:
