@@ -205,3 +205,78 @@ def test_bad_inputs(evaluated_run, tmp_path) -> None:
     (bare / "evaluate-faces.json").write_text(json.dumps(ev))
     one_line_error(invoke("visualize", "best-neuron", "--checkpoint", str(bare), "--root", str(root)),
                     "config 'other'")
+
+
+# ---------------------------------------------------------------- smoothness prior (--prior smooth)
+def test_blur_and_schedule() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 1, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(vis.gaussian_blur(x, 0.0), x)
+    np.testing.assert_allclose(vis.gaussian_blur(np.full((1, 1, 8, 8), 3.0, np.float32), 1.5), 3.0, rtol=1e-5)
+    assert vis.high_frequency_share(vis.gaussian_blur(x, 1.0)) < 0.3 * vis.high_frequency_share(x)
+    s = vis.sigma_schedule(5, 2.0, 0.5)
+    assert s[0] == pytest.approx(2.0) and s[-1] == pytest.approx(0.5) and np.all(np.diff(s) < 0)
+    assert vis.sigma_schedule(1, 2.0, 0.5).tolist() == [0.5]
+
+
+def test_smooth_stimulus_has_less_high_frequency_energy() -> None:
+    cfg = load_config("mini")
+    net = Network.create(cfg, seed=3)
+    h, w = cfg.stage_shapes()[1]["pool"]
+    neuron = vis.make_neuron(cfg, 1, "pool", 5 * h * w + (h // 2) * w + w // 2)
+    best = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    plain = vis.optimal_stimulus(net, neuron, best, seed=0, iters=15)
+    smooth = vis.smooth_stimulus(net, neuron, best, seed=0, iters=15)
+    assert np.linalg.norm(smooth["x"]) == pytest.approx(1.0, abs=1e-5)
+    for end in smooth["ends"].values():
+        assert np.linalg.norm(end) == pytest.approx(1.0, abs=1e-5)
+    hf_plain, hf_smooth = vis.high_frequency_share(plain["x"]), vis.high_frequency_share(smooth["x"])
+    assert hf_smooth < 0.5 * hf_plain, (hf_smooth, hf_plain)
+    assert smooth["iterations"] == 15 and set(smooth["runs"]) == {"random", "best_image"}
+    f_x, _ = vis.activation(net, smooth["x"], neuron)
+    assert f_x == pytest.approx(smooth["activation"], rel=1e-5)
+    assert smooth["activation"] > smooth["runs"]["random"]["start_activation"]  # it ascends
+
+
+def test_best_neuron_prior_option(evaluated_run, tmp_path) -> None:
+    src, root = evaluated_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    r = invoke("visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), "--iters", "6")
+    assert r.exit_code == 0, r.output
+    plain = json.loads((run / "visualize-best-neuron.json").read_text())
+    x_plain = np.load(run / "best-neuron-stimulus.npy", allow_pickle=False)
+    assert plain["prior"] == "none" and "stimulus_smooth" not in plain
+    assert plain["files"] == ["best-neuron-top48.png", "best-neuron-stimulus.png", "best-neuron-stimulus.npy"]
+    assert not (run / "best-neuron-stimulus-smooth.png").exists()
+    tf = plain["top_face"]
+    assert plain["top"]["activations"][0] >= tf["activation"] > 0
+
+    r = invoke("visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), "--iters", "6",
+               "--prior", "smooth")
+    assert r.exit_code == 0, r.output
+    b = json.loads((run / "visualize-best-neuron.json").read_text())
+    np.testing.assert_array_equal(np.load(run / "best-neuron-stimulus.npy", allow_pickle=False), x_plain)
+    assert b["stimulus"] == plain["stimulus"] and b["top_face"] == tf  # the paper's stimulus is untouched
+    s = b["stimulus_smooth"]
+    assert s["norm"] == pytest.approx(1.0, abs=1e-5) and (s["sigma_start"], s["sigma_end"]) == (2.0, 0.5)
+    assert s["high_frequency_share"] < b["stimulus"]["high_frequency_share"]
+    assert b["responses_unit_norm"] == {"stimulus": b["stimulus"]["activation"], "stimulus_smooth": s["activation"],
+                                        "best_test_image": b["best_test_image"]["activation_unit_norm"],
+                                        "top_face": tf["activation_unit_norm"]}
+    xs = np.load(run / "best-neuron-stimulus-smooth.npy", allow_pickle=False)
+    assert xs.shape == (1, 32, 32) and np.linalg.norm(xs) == pytest.approx(1.0, abs=1e-5)
+    assert (run / "best-neuron-stimulus-smooth.png").read_bytes()[:4] == b"\x89PNG"
+    assert "best-neuron-stimulus-smooth.png" in b["files"]
+    r = invoke("visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), "--iters", "3",
+               "--prior", "smooth", "--blur-sigma", "1", "1")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "visualize-best-neuron.json").read_text())["stimulus_smooth"]["sigma_start"] == 1.0
+
+    for args, words in ((("--prior", "blurry"), ("Invalid value for '--prior'", "'blurry'")),
+                        (("--blur-sigma", "1", "1"), ("--blur-sigma needs --prior smooth",)),
+                        (("--prior", "smooth", "--blur-sigma", "-1", "1"), ("Invalid value for '--blur-sigma'",))):
+        r = invoke("visualize", "best-neuron", "--checkpoint", str(run), "--root", str(root), *args)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error:")]  # Click's usage error
+        assert r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.output, r.output
+        assert all(w in errors[0] for w in words), r.output

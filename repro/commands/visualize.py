@@ -70,25 +70,38 @@ def visualize() -> None:
 @neuron_options
 @click.option("--iters", type=click.IntRange(1), default=200, show_default=True, help="Most ascent steps per start.")
 @click.option("--top", "k", type=click.IntRange(1), default=48, show_default=True, help="How many test images to show.")
+@click.option("--prior", type=click.Choice(["none", "smooth"]), default="none", show_default=True,
+              help="none: the paper's stimulus only. smooth: also one under a Gaussian-blur prior (Yosinski et al. "
+              "2015: x blurred after every ascent step, sigma decaying, ||x|| = 1 kept), written to "
+              "best-neuron-stimulus-smooth.png/.npy beside the paper's.")
+@click.option("--blur-sigma", type=(click.FloatRange(0), click.FloatRange(0)), default=None,
+              help="With --prior smooth: blur sigma in pixels at the first and the last step (geometric decay). "
+              "[default: 2 0.5]")
 @figure_options
 @click.pass_obj
 def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, split, root, seed, iters, k,  # noqa: ANN001
-                dpi, formats) -> None:
-    """The 48 test images that excite the neuron most, and its optimal stimulus (||x||_2 = 1)."""
-    from repro.experiments.visualize import best_neuron as run_best
+                prior, blur_sigma, dpi, formats) -> None:
+    """The 48 test images that excite the neuron most, and its optimal stimulus (||x||_2 = 1);
+    with --prior smooth also the stimulus under a Gaussian-blur prior."""
+    from repro.experiments.visualize import SMOOTH_SIGMA, best_neuron as run_best
 
+    if blur_sigma is not None and prior != "smooth":
+        raise click.UsageError("--blur-sigma needs --prior smooth")
     session, net, neuron, store, _, _ = _setup(obj, run, config_name, concept, layer, sublayer, index, data, split,
                                                root)
     s = run_best(session, net, store, neuron, iters=iters, seed=seed, k=k, dpi=dpi,
-                 formats=tuple(dict.fromkeys(formats)))
+                 formats=tuple(dict.fromkeys(formats)), prior=prior, sigma=tuple(blur_sigma or SMOOTH_SIGMA))
     if session.w.is_root:
         st, b = s["stimulus"], s["best_test_image"]
         out_console().print(
             f"[bold]visualize best-neuron[/bold] {neuron.label()}: top {s['top']['k']} test images hold "
             f"{s['top']['positives']} positives; optimal stimulus f = {st['activation']:.4g} after "
             f"{st['iterations']} steps from {st['start']} ({st['stopped']}), best test image at unit norm "
-            f"f = {b['activation_unit_norm']:.4g}\nwrote {', '.join(s['files'])}, visualize-best-neuron.json "
-            f"in {session.run}")
+            f"f = {b['activation_unit_norm']:.4g}"
+            + (f"; smooth stimulus (blur prior) f = {s['stimulus_smooth']['activation']:.4g} from "
+               f"{s['stimulus_smooth']['start']}" if "stimulus_smooth" in s else "")
+            + (f"; top face at unit norm f = {s['top_face']['activation_unit_norm']:.4g}" if s.get("top_face") else "")
+            + f"\nwrote {', '.join(s['files'])}, visualize-best-neuron.json in {session.run}")
 
 
 @visualize.command("invariance")

@@ -14,6 +14,15 @@ Two pictures of one neuron:
   image scaled to unit norm; the better end point wins. The best test image at unit norm is also
   the yardstick the JSON reports: a working ascent ends at or above it.
 
+``--prior smooth`` adds a second stimulus found under a smoothness prior, the Gaussian-blur
+regulariser of Yosinski et al. 2015 ("Understanding neural networks through deep
+visualization"): the same projected ascent, but after every accepted step ``x`` is blurred with a
+Gaussian of standard deviation ``sigma_k`` (mirrored border) and projected back to ``||x|| = 1``;
+``sigma_k`` decays geometrically from ``sigma_start`` to ``sigma_end`` pixels over the steps
+(coarse to fine), and every one of ``iters`` steps is taken (no early stop: the schedule must
+end). The same two starts, the random one blurred first. Both stimuli, the best test image and the
+top face (the most exciting positive) are reported at unit norm, so their responses compare.
+
 Every number goes through :func:`neuron_features` / :func:`unit_gradient`, whose results do not
 depend on the rank count, so 1 and N ranks give the same neuron, images and stimulus.
 """
@@ -191,17 +200,126 @@ def optimal_stimulus(net: Network, neuron: Neuron, best_image: np.ndarray | None
     ``best_image`` is a raw (C, H, W) image in [0, 1]; it is standardised the way the network
     standardises its inputs, then scaled to unit norm.
     """
-    C, (H, W) = net.cfg.channels, net.cfg.input_size
-    rng = np.random.default_rng([seed, 2012])
-    starts = {"random": rng.standard_normal((1, C, H, W)).astype(np.float32)}
-    if best_image is not None:
-        starts["best_image"] = np.asarray(standardize(np.asarray(best_image, np.float32)[None]))
+    starts = stimulus_starts(net, best_image, seed)
     runs = {name: ascend(net, x0, neuron, iters, tol) for name, x0 in starts.items()}
     win = max(runs, key=lambda k: (runs[k]["activation"], k == "random"))
     out = dict(runs[win])
     out["start"] = win
     out["runs"] = {k: {kk: v for kk, v in r.items() if kk != "x"} for k, r in runs.items()}
     return out
+
+
+# ------------------------------------------------------------------ smoothness prior
+PRIORS = ("none", "smooth")
+SMOOTH_SIGMA = (2.0, 0.5)  # default blur schedule of --prior smooth, pixels: start -> end
+
+
+def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of the last two axes (std ``sigma`` pixels, mirrored border, radius
+    ``ceil(3 sigma)``, clipped to the image); ``sigma <= 0`` returns a copy."""
+    x = np.asarray(x, np.float32)
+    if sigma <= 0:
+        return x.copy()
+    H, W = x.shape[-2:]
+    r = min(int(np.ceil(3.0 * sigma)), H - 1, W - 1)
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (t / sigma) ** 2)
+    g = (g / g.sum()).astype(np.float32)
+    pad = np.pad(x, ((0, 0),) * (x.ndim - 2) + ((r, r), (r, r)), mode="reflect")
+    rows = sum(g[d] * pad[..., d:d + H, :] for d in range(2 * r + 1))
+    return np.asarray(sum(g[d] * rows[..., :, d:d + W] for d in range(2 * r + 1)), np.float32)
+
+
+def sigma_schedule(iters: int, sigma_start: float, sigma_end: float) -> np.ndarray:
+    """Blur sigma of each step: geometric from ``sigma_start`` to ``sigma_end`` (both included)."""
+    if iters <= 1:
+        return np.array([sigma_end], np.float64)
+    if sigma_start <= 0 or sigma_end <= 0:
+        return np.linspace(sigma_start, sigma_end, iters)
+    return sigma_start * (sigma_end / sigma_start) ** (np.arange(iters) / (iters - 1))
+
+
+def high_frequency_share(x: np.ndarray, cutoff: float = 0.25) -> float:
+    """Share of the (mean-removed) power spectrum of ``x`` (..., H, W) at radial frequency above
+    ``cutoff`` cycles per pixel (0.5 = Nyquist): 0 for a smooth image, large for pixel noise."""
+    a = np.asarray(x, np.float64)
+    a = a - a.mean(axis=(-2, -1), keepdims=True)
+    p = np.abs(np.fft.fft2(a)) ** 2
+    fy = np.fft.fftfreq(a.shape[-2])[:, None]
+    fx = np.fft.fftfreq(a.shape[-1])[None, :]
+    total = float(p.sum())
+    return float(p[..., np.hypot(fy, fx) > cutoff].sum()) / total if total > 0 else 0.0
+
+
+def ascend_smooth(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200,
+                  sigma: tuple[float, float] = SMOOTH_SIGMA, t0: float = 0.5, max_halvings: int = 30
+                  ) -> dict[str, Any]:
+    """Projected gradient ascent with a Gaussian-blur prior (Yosinski et al. 2015).
+
+    Each step: the backtracking line search of :func:`ascend` finds ``t`` with
+    ``f(normalise(x + t g/||g||)) > f(x)``; the accepted point is blurred with that step's sigma
+    (:func:`sigma_schedule`) and put back on the unit sphere. ``f`` may drop a little at the blur;
+    the end point is the last blurred one (the prior's answer, not the best unblurred iterate).
+    """
+    sig = sigma_schedule(iters, *sigma)
+    x = unit_norm(gaussian_blur(x0, float(sig[0])))
+    f, g = activation(net, x, neuron)
+    f_start, t, it, evals, why = f, t0, 0, 1, "iterations"
+    while it < iters:
+        gn = float(np.linalg.norm(g))
+        if gn == 0.0 or not np.isfinite(gn):
+            why = "zero gradient"
+            break
+        d = g / gn
+        for _ in range(max_halvings):
+            xn = unit_norm(x + t * d)
+            fn, _ = activation(net, xn, neuron)
+            evals += 1
+            if fn > f:
+                break
+            t *= 0.5
+        else:
+            why = "no ascent step"
+            break
+        x = unit_norm(gaussian_blur(xn, float(sig[it])))
+        f, g = activation(net, x, neuron)
+        evals += 1
+        it += 1
+        t = min(2.0 * t, 2.0)
+    return {"x": x, "activation": f, "start_activation": f_start, "iterations": it, "evaluations": evals,
+            "stopped": why}
+
+
+def stimulus_starts(net: Network, best_image: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+    """The ascents' starts: a seeded random (1, C, H, W) and, if given, the best test image standardised."""
+    C, (H, W) = net.cfg.channels, net.cfg.input_size
+    rng = np.random.default_rng([seed, 2012])
+    starts = {"random": rng.standard_normal((1, C, H, W)).astype(np.float32)}
+    if best_image is not None:
+        starts["best_image"] = np.asarray(standardize(np.asarray(best_image, np.float32)[None]))
+    return starts
+
+
+def smooth_stimulus(net: Network, neuron: Neuron, best_image: np.ndarray | None, seed: int = 0,
+                    iters: int = 200, sigma: tuple[float, float] = SMOOTH_SIGMA) -> dict[str, Any]:
+    """:func:`optimal_stimulus` under the blur prior: the better of the same two starts; every
+    start's end point is kept (``ends``), with its cosine similarity to its own start."""
+    starts = stimulus_starts(net, best_image, seed)
+    runs = {name: ascend_smooth(net, x0, neuron, iters, sigma) for name, x0 in starts.items()}
+    win = max(runs, key=lambda k: (runs[k]["activation"], k == "random"))
+    out = dict(runs[win])
+    out["start"] = win
+    out["ends"] = {k: r["x"] for k, r in runs.items()}
+    out["runs"] = {k: {**{kk: v for kk, v in r.items() if kk != "x"},
+                       "cosine_to_start": cosine(r["x"], starts[k]),
+                       "high_frequency_share": high_frequency_share(r["x"])} for k, r in runs.items()}
+    return out
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    d = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / d if d > 0 else 0.0
 
 
 # ------------------------------------------------------------------ pictures
@@ -290,14 +408,39 @@ def stimulus_png(x: np.ndarray, path: Path, title: str, dpi: int = 150) -> Path:
     return save_figure(fig, path)
 
 
+def stimuli_png(panels: list[tuple[np.ndarray, str]], path: Path, title: str, dpi: int = 150) -> Path:
+    """Stimuli side by side, each (C, H, W) or (1, C, H, W) on its own symmetric grey scale
+    (mid grey = 0), each with its caption: the paper's stimulus beside the smooth ones."""
+    fig = figure((3.4 * len(panels), 4.6), dpi)
+    fig.suptitle(title, fontsize=10)
+    for k, (x, caption) in enumerate(panels):
+        a = np.asarray(x[0] if x.ndim == 4 else x, np.float64)
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        if a.shape[0] == 1:
+            lim = float(np.abs(a).max()) or 1.0
+            ax.imshow(a[0], cmap="gray", vmin=-lim, vmax=lim, interpolation="nearest")
+        else:
+            ax.imshow(to_display(a), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(caption, fontsize=8)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.14, top=0.84, wspace=0.08)
+    return save_figure(fig, path)
+
+
 # ------------------------------------------------------------------ the step
 def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int = 200, seed: int = 0,
-                k: int = 48, tol: float = 1e-6, dpi: int = 150, formats: tuple[str, ...] = ("png",)) -> dict[str, Any]:
+                k: int = 48, tol: float = 1e-6, dpi: int = 150, formats: tuple[str, ...] = ("png",),
+                prior: str = "none", sigma: tuple[float, float] = SMOOTH_SIGMA) -> dict[str, Any]:
     """Top-k test images and optimal stimulus of one neuron; rank 0 writes the PNGs, .npy and JSON.
 
     ``ts`` is a :class:`repro.experiments.evaluate.TestSet` (labels ``ts.y``, ``ts.images(idx)``
-    float32 (B, C, H, W) in [0, 1]); it is checked against the network first.
+    float32 (B, C, H, W) in [0, 1]); it is checked against the network first. ``prior="smooth"``
+    also finds the stimulus under the blur prior (:func:`smooth_stimulus`, blur ``sigma`` = start,
+    end pixels) and writes it beside the paper's: ``best-neuron-stimulus-smooth.{png,npy}``.
     """
+    if prior not in PRIORS:
+        raise ReproError(f"prior {prior!r} is not one of {', '.join(PRIORS)}")
     ts.check(net.cfg)
     n = len(ts)
     images = ts.images(np.arange(n))
@@ -310,7 +453,15 @@ def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int 
     stim = optimal_stimulus(net, neuron, best_img, seed=seed, iters=iters, tol=tol)
     x = stim["x"]
     run = session.run
-    labels = np.asarray(ts.y, dtype=np.int64)[top]
+    y = np.asarray(ts.y, dtype=np.int64)
+    labels = y[top]
+    faces = np.flatnonzero(y == 1)
+    top_face = None
+    if len(faces):  # the most exciting positive, raw and at unit norm (the stimuli's scale)
+        i = int(faces[top_k(acts[faces], 1)[0]])
+        f_face, _ = activation(net, unit_norm(np.asarray(standardize(images[i][None].astype(np.float32)))), neuron)
+        top_face = {"index": i, "activation": float(acts[i]), "activation_unit_norm": f_face}
+    smooth = smooth_stimulus(net, neuron, best_img, seed=seed, iters=iters, sigma=sigma) if prior == "smooth" else None
     summary = {
         "neuron": neuron_dict(neuron),
         "test_set": test_set_name(ts), "test_images": n,
@@ -323,10 +474,25 @@ def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int 
         "best_test_image": {"index": int(top[0]), "activation": float(acts[top[0]]),
                             "activation_unit_norm": f_best_unit},
         "stimulus_over_best_image": stim["activation"] / f_best_unit if f_best_unit else None,
+        "top_face": top_face,
+        "prior": prior,
         "ranks": session.w.size, "device": session.backend.name,
         "files": [f"best-neuron-{what}.{fmt}" for fmt in formats for what in ("top48", "stimulus")]
         + ["best-neuron-stimulus.npy"],
     }
+    summary["stimulus"]["high_frequency_share"] = high_frequency_share(x)
+    if smooth is not None:
+        xs = smooth["x"]
+        summary["stimulus_smooth"] = {
+            "scheme": "gaussian-blur (Yosinski et al. 2015)", "sigma_start": float(sigma[0]),
+            "sigma_end": float(sigma[1]), "activation": smooth["activation"], "norm": float(np.linalg.norm(xs)),
+            "high_frequency_share": high_frequency_share(xs), "start": smooth["start"],
+            "iterations": smooth["iterations"], "evaluations": smooth["evaluations"], "stopped": smooth["stopped"],
+            "runs": smooth["runs"], "iters_max": iters, "seed": seed}
+        summary["responses_unit_norm"] = {
+            "stimulus": stim["activation"], "stimulus_smooth": smooth["activation"],
+            "best_test_image": f_best_unit, "top_face": top_face["activation_unit_norm"] if top_face else None}
+        summary["files"] += [f"best-neuron-stimulus-smooth.{fmt}" for fmt in formats] + ["best-neuron-stimulus-smooth.npy"]
     if session.w.is_root:
         share = 100.0 * float(np.mean(ts.y))
         for fmt in formats:
@@ -339,6 +505,23 @@ def best_neuron(session: Any, net: Network, ts: Any, neuron: Neuron, iters: int 
                          f"Optimal stimulus of {neuron.label()}", dpi=dpi)
         with atomic.target(run / "best-neuron-stimulus.npy") as tmp:
             np.save(tmp, x[0], allow_pickle=False)
+        if smooth is not None:
+            sr = summary["stimulus_smooth"]["runs"]
+            panels = [(x, f"no prior (Le et al.): f = {stim['activation']:.4g}\n"
+                          f"high-frequency share {summary['stimulus']['high_frequency_share']:.2f}")]
+            for name, what in (("random", "random start"), ("best_image", "start: best test image")):
+                if name in smooth["ends"]:
+                    panels.append((smooth["ends"][name], f"blur prior, {what}: f = {sr[name]['activation']:.4g}\n"
+                                   f"high-frequency share {sr[name]['high_frequency_share']:.2f}, "
+                                   f"cos to start {sr[name]['cosine_to_start']:.2f}"))
+            face = (f"; top face at unit norm f = {top_face['activation_unit_norm']:.4g}" if top_face else "")
+            for fmt in formats:
+                stimuli_png(panels, run / f"best-neuron-stimulus-smooth.{fmt}",
+                            f"Optimal stimuli of {neuron.label()}, ||x|| = 1\n"
+                            f"blur prior: Gaussian, sigma {sigma[0]:g} -> {sigma[1]:g} px over {iters} steps{face}",
+                            dpi=dpi)
+            with atomic.target(run / "best-neuron-stimulus-smooth.npy") as tmp:
+                np.save(tmp, smooth["x"][0], allow_pickle=False)
     session.write_json("visualize-best-neuron.json", summary)
     return summary
 
