@@ -24,10 +24,11 @@ from repro.model.optim import Optimizer
 SMALL = {
     "name": "small-test", "input": {"size": [14, 13], "channels": 2},
     "stages": [
-        {"maps": 3, "filter": 4, "stride": 1, "pool": 3, "pool_stride": 1, "lcn": 3},
-        {"maps": 2, "filter": 3, "stride": 1, "pool": 2, "pool_stride": 1, "lcn": 3},
+        {"maps": 3, "filter": 4, "stride": 1, "pool": 3, "pool_stride": 1, "lcn": 3, "lcn_eps": 0.01},
+        {"maps": 2, "filter": 3, "stride": 1, "pool": 2, "pool_stride": 1, "lcn": 3, "lcn_eps": 0.01},
     ],
-    "rica": {"lambda": 0.1, "eps": 0.01},
+    # untied decoders with unit-norm encoders: the most general gradient (W2 its own tensor)
+    "rica": {"lambda": 0.1, "eps": 0.01, "tied": False, "normalize_encoder": True},
     "train": {"optimizer": "adagrad", "lr": 0.05, "batch": 4},
 }
 
@@ -128,10 +129,10 @@ def scenario_network(variant: str = "image") -> dict[str, np.ndarray]:
 TINY_TOP = {
     "name": "tiny-top", "input": {"size": [11, 11], "channels": 1},
     "stages": [
-        {"maps": 2, "filter": 3, "stride": 1, "pool": 2, "pool_stride": 1, "lcn": 3},
-        {"maps": 3, "filter": 3, "stride": 1, "pool": 3, "pool_stride": 1, "lcn": 1},
+        {"maps": 2, "filter": 3, "stride": 1, "pool": 2, "pool_stride": 1, "lcn": 3, "lcn_eps": 0.01},
+        {"maps": 3, "filter": 3, "stride": 1, "pool": 3, "pool_stride": 1, "lcn": 1, "lcn_eps": 0.01},
     ],
-    "rica": {"lambda": 0.1, "eps": 0.01},
+    "rica": SMALL["rica"],
     "train": {"optimizer": "adagrad", "lr": 0.05, "batch": 4},
 }
 

@@ -187,7 +187,7 @@ def test_gradients_written_into_out(tied):
 
 
 def test_decoder_normalisation():
-    d = {**SMALL, "rica": {"lambda": 0.1, "eps": 0.01, "normalize_decoder": True}}
+    d = {**SMALL, "rica": {**SMALL["rica"], "normalize_decoder": True}}
     net = Network.create(from_dict(d), seed=1)
     _, g = net.layer_loss_and_grads(images(), 0)
     apply_update(net, Optimizer("sgd", 0.01), g)
@@ -208,8 +208,9 @@ def test_normalize_filters_in_place(contiguous):
 
 
 STRIDE2 = {"name": "stride2", "input": {"size": [15, 15], "channels": 1, "lcn": 5, "lcn_sigma": 1.5, "lcn_eps": 0.2},
-           "stages": [{"maps": 3, "filter": 5, "stride": 2, "pool": 2, "lcn": 3}, {"maps": 2, "filter": 2, "pool": 1, "lcn": 1}],
-           "rica": {"lambda": 0.1, "eps": 0.01, "reconstruct": "window"}}
+           "stages": [{"maps": 3, "filter": 5, "stride": 2, "pool": 2, "lcn": 3, "lcn_eps": 0.01},
+                      {"maps": 2, "filter": 2, "pool": 1, "lcn": 1, "lcn_eps": 0.01}],
+           "rica": {**SMALL["rica"], "reconstruct": "window"}}
 
 
 @pytest.mark.parametrize("base", [WINDOW, STRIDE2], ids=["stride1", "stride2"])

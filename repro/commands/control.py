@@ -28,7 +28,7 @@ from repro.options import err_console, out_console
               help="Linear filters of the evaluation's baseline.")
 @click.option("--one-layer-steps", type=click.IntRange(0), default=None,
               help="Steps of the evaluation's one-layer baseline (default: the run's train.layer_steps).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Evaluation seed (as `repro evaluate --seed`).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Evaluation seed (as `repro evaluate --seed`).")
 @click.pass_obj
 def control(obj, run, concept, data, test_data, split, root, layer, sublayer, max_steps, linear_filters,  # noqa: ANN001
             one_layer_steps, seed) -> None:

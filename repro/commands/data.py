@@ -78,8 +78,8 @@ def fetch_cmd(name: str, from_path: Path | None, root: Path) -> None:
 @click.option("--from", "from_path", type=click.Path(path_type=Path), default=None,
               help="Read inputs from this folder (or list file) instead of ROOT/raw/NAME.")
 @click.option("--skip-bad", is_flag=True, help="Skip undecodable images/videos and report how many.")
-@click.option("--workers", type=int, default=None, help="Decoding threads (default: all cores).")
-@click.option("--seed", type=int, default=None, help="Order / generation seed (default: the manifest's).")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Decoding threads (default: all cores).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Order / generation seed (default: the manifest's).")
 @click.option("--size", type=(int, int), default=None, metavar="H W",
               help="Output image size, overriding the manifest's (e.g. 32 32 for the mini network).")
 @click.option("--force", is_flag=True, help="Rebuild even if a complete store with these parameters exists.")
@@ -191,9 +191,9 @@ def verify_cmd(name: str, root: Path) -> None:
 @click.option("--split", default="train", show_default=True, help="Which split of NAME to filter.")
 @click.option("--out", "out", default=None,
               help="Output dataset name (ROOT/prepared/OUT/SPLIT) or folder; default NAME-noface.")
-@click.option("--min-face", type=float, default=0.3, show_default=True, help="Smallest face, fraction of the short side.")
-@click.option("--min-neighbors", type=int, default=3, show_default=True, help="detectMultiScale minNeighbors.")
-@click.option("--upscale-to", type=int, default=128, show_default=True, help="Upscale so the short side is at least this.")
+@click.option("--min-face", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True, help="Smallest face, fraction of the short side.")
+@click.option("--min-neighbors", type=click.IntRange(0), default=3, show_default=True, help="detectMultiScale minNeighbors.")
+@click.option("--upscale-to", type=click.IntRange(1), default=128, show_default=True, help="Upscale so the short side is at least this.")
 @root_option
 def filter_faces_cmd(name: str, split: str, out: str | None, min_face: float, min_neighbors: int,
                      upscale_to: int, root: Path) -> None:
@@ -213,9 +213,9 @@ def filter_faces_cmd(name: str, split: str, out: str | None, min_face: float, mi
 @data.command("bench")
 @click.argument("name")
 @click.option("--split", default="train", show_default=True)
-@click.option("--batch", type=int, default=100, show_default=True)
-@click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--replicas", type=int, default=1, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True)
 @root_option
 def bench_cmd(name: str, split: str, batch: int, steps: int, replicas: int, root: Path) -> None:
     """How many images/s the loader delivers from a prepared store (should beat training's rate)."""

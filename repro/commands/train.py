@@ -5,7 +5,7 @@ import click
 
 from repro.engine.stop import exit_code
 from repro.experiments.run import open_session, training_store
-from repro.experiments.train import (check_run_folder, check_same_data, prepare_run_folder, resolve_config,
+from repro.experiments.train import (check_memory, check_run_folder, check_same_data, prepare_run_folder, resolve_config,
                                      train as run_training, training_data_for)
 from repro.options import err_console, out_console
 
@@ -25,7 +25,8 @@ from repro.options import err_console, out_console
 @click.option("--batch", type=click.IntRange(1), default=None, help="Minibatch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adagrad"]), default=None)
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help="Seed of the initial weights and the data order (default: the config's).")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Steps between checkpoints.")
 @click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints to keep (newest).")
 @click.option("--progress-every", type=click.FloatRange(0.1), default=30.0, show_default=True,
@@ -46,6 +47,7 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
     cfg = resolve_config(session, config_name, resume, {
         "layer_steps": layer_steps, "finetune_steps": finetune_steps, "batch": batch, "lr": lr,
         "optimizer": optimizer, "seed": seed, "checkpoint_every": checkpoint_every})
+    check_memory(session, cfg, config_name)
     store = training_store(session, training_data_for(session.run, data, cfg, resume), root, console)
     cfg.check_image_shape(tuple(store.shape), str(store.path))
     if resume:

@@ -345,12 +345,40 @@ def open_store(path: str | os.PathLike) -> Store:
     for k in ("shape", "shards", "count") + (("records",) if version == 1 else ()):
         if k not in index:
             raise ReproError(f"{ip}: store index lacks field '{k}'")
+    _check_index_types(index, ip)
     if version == 1 and index["count"] != len(index["records"]):
         raise ReproError(f"{ip}: count {index['count']} != {len(index['records'])} records")
-    total = sum(int(s.get("count", -1)) for s in index["shards"])
+    total = sum(s["count"] for s in index["shards"])
     if total != index["count"]:
         raise ReproError(f"{ip}: count {index['count']} != {total}, the sum of its shard counts")
     return Store(p, index)
+
+
+def _check_index_types(index: dict[str, Any], ip: Path) -> None:
+    """The fields a reader uses have the types the writer gives them (one line naming the field, not
+    a traceback in the loader, for a hand-edited or foreign index)."""
+    def is_int(v: Any, lo: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    def bad(field: str, want: str) -> ReproError:
+        return ReproError(f"{ip}: store index field {field!r} must be {want}, got {json.dumps(index[field])[:60]}")
+
+    shape = index["shape"]
+    if not (isinstance(shape, list) and len(shape) in (2, 3) and all(is_int(d, 1) for d in shape)):
+        raise bad("shape", "[height, width] or [height, width, channels] positive integers")
+    if not is_int(index["count"], 0):
+        raise bad("count", "an integer >= 0")
+    def is_name(v: Any) -> bool:  # a file beside the index, nothing outside the store
+        return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v
+
+    shards = index["shards"]
+    if not (isinstance(shards, list) and all(
+            isinstance(e, dict) and is_name(e.get("file")) and is_int(e.get("count"), 0)
+            and ("records" not in e or is_name(e["records"])) for e in shards)):
+        raise bad("shards", "a list of {file: NAME, count: N, records: NAME}")
+    if "records" in index and not (isinstance(index["records"], list)
+                                   and all(isinstance(r, dict) for r in index["records"])):
+        raise bad("records", "a list of objects")
 
 
 @dataclass

@@ -87,6 +87,56 @@ class Backend:
         if self.is_gpu:
             self.xp.cuda.get_current_stream().synchronize()
 
+    def memory_available(self, local_ranks: int) -> tuple[int, str] | None:
+        """(bytes one rank can count on, where that comes from), or None when unknown. Host memory is
+        shared by the ranks on the node; a GPU's by the ranks that picked it (``select_backend``)."""
+        if self.is_gpu:
+            free, _ = self.xp.cuda.Device(self.device_id).mem_info
+            n = self.xp.cuda.runtime.getDeviceCount()
+            share = max(1, -(-local_ranks // n))
+            return free // share, f"{free / 2**30:.1f} GiB free on GPU {self.device_id}, shared by {share} rank(s)"
+        host = host_memory_available()
+        if host is None:
+            return None
+        free, source = host
+        share = max(1, local_ranks)
+        return free // share, f"{free / 2**30:.1f} GiB {source}, shared by {share} rank(s) on this node"
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def host_memory_available() -> tuple[int, str] | None:
+    """Memory a new allocation can get on this node: Linux's ``MemAvailable``, or less when the
+    process's cgroup (a Slurm job, a container) has a lower limit left. None off Linux."""
+    best: tuple[int, str] | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                best = (int(line.split()[1]) * 1024, "available (MemAvailable)")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        rel = next(ln.split(":", 2)[2] for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                   if ln.startswith("0::"))
+        cg = Path("/sys/fs/cgroup") / rel.lstrip("/")
+        limit, used = _read_int(cg / "memory.max"), _read_int(cg / "memory.current")
+    except (OSError, StopIteration, IndexError):
+        limit = used = None
+    if limit is None:  # cgroup v1
+        v1 = Path("/sys/fs/cgroup/memory")
+        limit, used = _read_int(v1 / "memory.limit_in_bytes"), _read_int(v1 / "memory.usage_in_bytes")
+    if limit is not None and used is not None and limit < 1 << 60:
+        left = max(0, limit - used)
+        if best is None or left < best[0]:
+            best = (left, "left under this job's memory limit (cgroup)")
+    return best
+
 
 def select_backend(device: str = "auto", local_rank: int = 0) -> Backend:
     """Pick the backend once. ``auto`` = GPU when CuPy sees one, else CPU.

@@ -11,6 +11,7 @@ and ``g``), so a resumed run ends with the same parameters as an uninterrupted o
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -27,11 +28,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from repro import __version__, atomic
 from repro.data.loader import Loader
 from repro.engine import threads
+from repro.engine.backend import DTYPE
 from repro.engine.stop import StopRequests
 from repro.errors import ReproError
 from repro.experiments.run import Session, data_record, recorded_training_data
 from repro.model import checkpoint as ckpt
 from repro.model.config import NetworkConfig, load_config, load_saved, validate
+from repro.model.memory import estimate_rank, human
 from repro.model.network import Network, apply_update, load_checkpoint, save_checkpoint
 from repro.model.optim import Optimizer
 
@@ -304,6 +307,27 @@ def resolve_config(session: Session, config: str | None, resume: bool, overrides
 RUN_FILES = ("checkpoints", "config.json", "data.json", "train.json", "train-log.jsonl", "one-layer", "control",
              "control.json", "control.md", "invariance.json", "visualize-best-neuron.json")
 RUN_PATTERNS = ("evaluate-*.json", "evaluate-*.md", "histogram-*", "best-neuron-*", "invariance-*")
+
+
+def check_memory(session: Session, cfg: NetworkConfig, config_arg: str | None = None) -> None:
+    """Refuse, before anything is allocated, a run that cannot fit: every rank compares the planned
+    bytes of its tile (``repro info``'s estimate) with the memory it can count on, and all ranks
+    raise the same one-line error naming the worst rank. ``REPRO_MEMORY_CHECK=off`` skips it (the
+    estimate is of one fine-tuning update and may be pessimistic for a run without one)."""
+    if os.environ.get("REPRO_MEMORY_CHECK", "").lower() in ("off", "0", "no"):
+        return
+    w, backend = session.w, session.backend
+    need = estimate_rank(cfg, w.rank, w.size, cfg.train.batch, np.dtype(DTYPE).itemsize, backend.is_gpu).total
+    have = backend.memory_available(threads.local_ranks())
+    short = w.comm.allgather(None if have is None or need <= have[0] else (need - have[0], w.rank, need, have))
+    worst = max((s for s in short if s is not None), default=None)
+    if worst is not None:
+        _, rank, need, (avail, where) = worst
+        raise ReproError(
+            f"config {cfg.name!r} needs about {human(need)} per rank to train on {w.size} rank(s) "
+            f"(batch {cfg.train.batch}; `repro info --config {config_arg or cfg.name} --ranks {w.size} --batch {cfg.train.batch}` breaks it down), but rank "
+            f"{rank} can count on {human(avail)} ({where}): use more ranks or a smaller train.batch "
+            "(REPRO_MEMORY_CHECK=off tries anyway)")
 
 
 def holds_a_run(folder: Path) -> bool:

@@ -29,6 +29,7 @@ from repro.errors import ReproError
 from repro.model.config import NetworkConfig, from_saved
 
 FORMAT = 1
+_DTYPES = ("float32", "float64", "float16", "int64", "int32")
 
 
 def _shape_signature(cfg: NetworkConfig) -> dict[str, Any]:
@@ -92,9 +93,11 @@ def resolve(path: str | os.PathLike) -> Path:
         latest = cand / "latest.json"
         if latest.exists():
             try:
-                name = json.loads(latest.read_text())["path"]
-            except (ValueError, KeyError) as exc:
-                raise ReproError(f"{latest}: unreadable ({exc})") from None
+                name = json.loads(latest.read_text(encoding="utf-8"))["path"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ReproError(f"{latest}: unreadable ({exc.__class__.__name__}: {exc})") from None
+            if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+                raise ReproError(f"{latest}: 'path' must name a checkpoint folder beside it, got {name!r}")
             if not (cand / name / "manifest.json").exists():
                 raise ReproError(f"{cand / name}: checkpoint named by {latest} is missing its manifest.json")
             return cand / name
@@ -107,15 +110,47 @@ def read_manifest(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     ckpt = resolve(path)
     mpath = ckpt / "manifest.json"
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ReproError(f"{mpath}: unreadable or truncated manifest ({exc})") from None
-    for key in ("format", "step", "config", "signature", "shapes", "files"):
-        if key not in manifest:
-            raise ReproError(f"{mpath}: manifest has no {key!r} field")
-    if manifest["format"] != FORMAT:
-        raise ReproError(f"{mpath}: checkpoint format {manifest['format']} is not {FORMAT}")
+    _check_manifest(manifest, mpath)
     return ckpt, manifest
+
+
+def _check_manifest(m: Any, mpath: Path) -> None:
+    """Every field a reader uses has the type ``save`` writes, so a hand-edited or foreign manifest is
+    one line naming the field rather than a traceback deep in the loader."""
+    def bad(field: str, want: str) -> ReproError:
+        got = m.get(field) if isinstance(m, dict) else m
+        return ReproError(f"{mpath}: manifest field {field!r} must be {want}, got {json.dumps(got)[:60]}")
+
+    if not isinstance(m, dict):
+        raise bad("(top level)", "an object")
+    for key in ("format", "step", "config", "signature", "shapes", "files"):
+        if key not in m:
+            raise ReproError(f"{mpath}: manifest has no {key!r} field")
+    if m["format"] != FORMAT:
+        raise ReproError(f"{mpath}: checkpoint format {m['format']} is not {FORMAT}")
+    if not isinstance(m["step"], int) or isinstance(m["step"], bool) or m["step"] < 0:
+        raise bad("step", "an integer >= 0")
+    for key in ("config", "signature"):
+        if not isinstance(m[key], dict):
+            raise bad(key, "an object")
+    shapes = m["shapes"]
+    if not (isinstance(shapes, dict) and all(isinstance(v, list) and len(v) >= 2 and all(
+            isinstance(d, int) and d >= 0 for d in v) for v in shapes.values())):
+        raise bad("shapes", "an object of tensor name -> list of sizes")
+    dtypes = m.get("dtypes", {})
+    if not (isinstance(dtypes, dict) and set(dtypes) >= set(shapes)
+            and all(isinstance(v, str) and v in _DTYPES for v in dtypes.values())):
+        raise bad("dtypes", "an object of tensor name -> dtype name, for every tensor")
+    files = m["files"]
+    if not (isinstance(files, list) and files and all(
+            isinstance(e, dict) and isinstance(e.get("file"), str) and "/" not in e["file"]
+            and isinstance(e.get("tiles"), dict) and all(
+                isinstance(b, list) and len(b) == 4 and all(isinstance(x, int) for x in b)
+                for b in e["tiles"].values()) for e in files)):
+        raise bad("files", "a list of {file: NAME, tiles: {tensor: [y0, y1, x0, x1]}}")
 
 
 def config_of(path: str | os.PathLike) -> NetworkConfig:

@@ -18,6 +18,9 @@ from repro.errors import ReproError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+# The defaults below are what a TOML that omits a key gets: the paper's stage shapes, and the
+# objective and training of the shipped configs (tied RICA; AdaGrad as the default config faces32),
+# which are known to train; untied decoders with unit-norm encoders are degenerate.
 @dataclass(frozen=True)
 class StageConfig:
     """One stage = locally connected filtering -> L2 pooling -> local contrast normalisation."""
@@ -29,7 +32,7 @@ class StageConfig:
     pool_stride: int = 1
     lcn: int = 5  # LCN neighbourhood (valid: shrinks the map by lcn - 1); 0 = no LCN (the paper's ablation)
     lcn_sigma: float = 1.0
-    lcn_eps: float = 1e-2
+    lcn_eps: float = 1.0  # as every shipped config: a tiny eps blows flat regions up to unit contrast
 
     @property
     def lcn_window(self) -> int:
@@ -43,9 +46,9 @@ class RicaConfig:
 
     lam: float = 0.1
     eps: float = 1e-2
-    normalize_encoder: bool = True  # project each encoding filter to unit norm after every update
+    normalize_encoder: bool = False  # project each encoding filter to unit norm after every update
     normalize_decoder: bool = False  # the same for each decoding filter (W2)
-    tied: bool = False  # decode with the encoder's transpose (W2 = W1, the RICA of Le et al. 2011)
+    tied: bool = True  # decode with the encoder's transpose (W2 = W1, the RICA of Le et al. 2011)
     # "image": the decoders of all locations add up to one reconstruction of the whole input (the
     # transposed connectivity of Le et al. 2012); "window": every receptive field reconstructs its own
     # input window (Le et al. 2011's RICA on patches, at every location). See results/reference/face-neuron.md.
@@ -57,10 +60,10 @@ class TrainConfig:
     optimizer: str = "adagrad"  # "sgd" (with momentum) or "adagrad"
     lr: float = 0.05
     momentum: float = 0.9
-    batch: int = 100
-    layer_steps: int = 200  # greedy layer-wise steps per stage
+    batch: int = 64
+    layer_steps: int = 1000  # greedy layer-wise steps per stage
     finetune_steps: int = 0  # joint steps of all stages afterwards
-    checkpoint_every: int = 100
+    checkpoint_every: int = 500
     seed: int = 0
 
 
@@ -313,9 +316,11 @@ def load_config(name_or_path: str) -> NetworkConfig:
             raise ReproError(f"unknown config {name_or_path!r}: choose one of {', '.join(builtin_configs())} "
                              "or give a path to a .toml file")
     try:
-        d = tomllib.loads(p.read_text())
+        d = tomllib.loads(p.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise ReproError(f"{p}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ReproError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ReproError(f"{p}: not valid TOML ({exc})") from None
     return from_dict(d, str(p))

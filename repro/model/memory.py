@@ -79,29 +79,32 @@ def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4, gpu:
     ``gpu`` picks the kernels' GPU workspace rule (chunks of columns bounded in bytes) instead of
     the CPU one (per-thread chunks and accumulators); see ``lc_workspace_bytes``.
     """
-    out = []
-    for r in range(ranks):
-        lay = Layout.build(cfg, _FakeWorld(r, ranks))
-        params = acts = halos = work = stage_w = 0
-        for i, (s, L) in enumerate(zip(cfg.stages, lay.stages)):
-            C, F = cfg.stage_channels(i), s.maps
-            locs = _area(L.part_f.tile(r))
-            K = C * s.filter * s.filter
-            params += (1 if cfg.rica.tied else 2) * locs * F * K
-            stage_w = max(stage_w, locs * F * K)
-            acts += batch * (C * (_area(L.part_in.tile(r)) + _area(L.plan_in.window))
-                             + F * (_area(L.part_f.tile(r)) + _area(L.plan_f.window) + _area(L.part_p.tile(r))
-                                    + _area(L.plan_p.window) + _area(L.part_n.tile(r))))
-            halos += batch * (C * _recv_area(L.plan_in) + F * (_recv_area(L.plan_f) + _recv_area(L.plan_p)))
-            fy, fx = box_shape(L.part_f.tile(r))
-            if fy and fx:
-                shape = (fy, fx, F, C, s.filter, s.filter)
-                work = max(work, lc_workspace_bytes(batch, shape, itemsize, gpu, s.stride) // itemsize)
-        # tied decoders: the decoder's gradient of the stage in hand exists until it is added to W1's
-        grads = params + (stage_w if cfg.rica.tied else 0)
-        out.append(RankMemory(r, lay.stages[0].part_f.tile(r), params * itemsize, grads * itemsize,
-                              params * itemsize, acts * itemsize, halos * itemsize, work * itemsize))
-    return out
+    return [estimate_rank(cfg, r, ranks, batch, itemsize, gpu) for r in range(ranks)]
+
+
+def estimate_rank(cfg: NetworkConfig, r: int, ranks: int, batch: int, itemsize: int = 4,
+                  gpu: bool = False) -> RankMemory:
+    """:func:`estimate` for rank ``r`` alone (what a starting rank checks against its memory)."""
+    lay = Layout.build(cfg, _FakeWorld(r, ranks))
+    params = acts = halos = work = stage_w = 0
+    for i, (s, L) in enumerate(zip(cfg.stages, lay.stages)):
+        C, F = cfg.stage_channels(i), s.maps
+        locs = _area(L.part_f.tile(r))
+        K = C * s.filter * s.filter
+        params += (1 if cfg.rica.tied else 2) * locs * F * K
+        stage_w = max(stage_w, locs * F * K)
+        acts += batch * (C * (_area(L.part_in.tile(r)) + _area(L.plan_in.window))
+                         + F * (_area(L.part_f.tile(r)) + _area(L.plan_f.window) + _area(L.part_p.tile(r))
+                                + _area(L.plan_p.window) + _area(L.part_n.tile(r))))
+        halos += batch * (C * _recv_area(L.plan_in) + F * (_recv_area(L.plan_f) + _recv_area(L.plan_p)))
+        fy, fx = box_shape(L.part_f.tile(r))
+        if fy and fx:
+            shape = (fy, fx, F, C, s.filter, s.filter)
+            work = max(work, lc_workspace_bytes(batch, shape, itemsize, gpu, s.stride) // itemsize)
+    # tied decoders: the decoder's gradient of the stage in hand exists until it is added to W1's
+    grads = params + (stage_w if cfg.rica.tied else 0)
+    return RankMemory(r, lay.stages[0].part_f.tile(r), params * itemsize, grads * itemsize,
+                      params * itemsize, acts * itemsize, halos * itemsize, work * itemsize)
 
 
 def human(n: float) -> str:
