@@ -85,7 +85,7 @@ def test_scaling_measures_on_the_device(cp):
     from repro.model.memory import estimate
 
     cfg = S.sized_config("cpu", 1, batch=4)
-    r = S.measure(cfg, 4, 1, xp=cp)
+    r = S.measure_update(cfg, 4, 1, xp=cp)
     assert r["device"] == "gpu" and r["update_s"] > 0
     assert r["estimate_bytes"] == max(e.total for e in estimate(cfg, 1, 4, gpu=True))
     budget = S.rank_memory_bytes(cp, world())
@@ -94,7 +94,7 @@ def test_scaling_measures_on_the_device(cp):
         assert r["device_name"] == fakecupy.NAME and budget == fakecupy.FREE_BYTES
     big, need = S.largest_config(S.base_config("mini").with_train(batch=4), 1, 4, budget // 64, True, "big")
     assert need <= budget // 64 < max(e.total for e in estimate(
-        S._resized(big, big.input_size[0] + 1, big.input_size[1] + 1, "bigger"), 1, 4, gpu=True))
+        S.resized(big, big.input_size[0] + 1, big.input_size[1] + 1, "bigger"), 1, 4, gpu=True))
 
 
 def test_commands_run_on_the_device_as_on_the_cpu(cp, tmp_path):

@@ -1,17 +1,23 @@
 """scaling-sweep: the sweep runs under mpiexec and writes consistent JSON; projections follow their
-formula; the timer sees every stage's kernels and exchanges and changes no number. Timings are not asserted."""
+formula; the timer sees every stage's kernels and exchanges and changes no number; the worker each
+launch runs is its own module entry point, not options of the user's command. Timings are not asserted."""
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_mpi
 from repro.engine.timing import TIMER, profile_network, timed
 from repro.experiments.breakdown import profile_update
 from repro.experiments import scaling as S
+from repro.experiments.scaling import launch, worker
 from repro.errors import ReproError
 from repro.model.config import from_dict
 from repro.model.memory import flops_per_update
@@ -68,7 +74,7 @@ def test_sized_configs_grow_the_parameters_with_the_size():
         # weak scaling: on m ranks the busiest rank holds the base's share of the work
         assert abs(S.busiest_rank_params(cfg, m) / p1 - 1) < 0.01
     # 29x58, the aspect ratio alone, would give the busiest of 2 ranks 4% more than the base
-    assert S.busiest_rank_params(S._resized(S.base_config("cpu"), 29, 58, "x"), 2) / p1 > 1.04
+    assert S.busiest_rank_params(S.resized(S.base_config("cpu"), 29, 58, "x"), 2) / p1 > 1.04
 
 
 def test_busiest_rank_params_counts_the_largest_tile():
@@ -144,7 +150,7 @@ def test_largest_config_is_the_largest_input_whose_estimate_fits():
     cfg, est = S.largest_config(base, 2, 4, budget, False, "big")
     h, w = cfg.input_size
     assert w == 2 * h and est == need(cfg) <= budget  # the 1 x 2 grid's aspect ratio
-    bigger = S._resized(base, h + 1, 2 * (h + 1), "big")
+    bigger = S.resized(base, h + 1, 2 * (h + 1), "big")
     assert need(bigger) > budget
     with pytest.raises(ReproError, match="no input size fits"):
         S.largest_config(base, 1, 4, 1000, False, "big")
@@ -228,3 +234,49 @@ def test_repeated_launches_run_round_robin_and_report_the_median_launch():
                      "points": [dict(p, input_size=[1, 1], parameters_W1=1, images_per_s=1, gflops_per_rank=1,
                                      peak_bytes=1, estimate_bytes=1) for p in got]})
     assert "| 50.0 (46.0-66.0) |" in md and f"| {sorted(rounds)[1]:.2f} ({min(rounds):.2f}-{max(rounds):.2f}) |" in md
+
+
+def test_the_worker_is_a_module_entry_point_not_options_of_the_command(tmp_path):
+    """``python -m repro.experiments.scaling.worker`` has its own --help; ``repro scaling-sweep`` neither
+    lists nor accepts worker options; the launcher's options for every kind of point parse in the worker."""
+    help_ = subprocess.run([sys.executable, "-m", launch.WORKER, "--help"], capture_output=True, text=True,
+                           timeout=120)
+    assert help_.returncode == 0 and "--largest" in help_.stdout and "--size" in help_.stdout
+    res = CliRunner().invoke(_cli(), ["scaling-sweep", "--help"])
+    assert res.exit_code == 0 and "--ranks" in res.output
+    assert "worker" not in res.output.lower() and "--size " not in res.output
+    for hidden in (["--worker"], ["--worker-json", "x.json"], ["--size", "2"]):
+        bad = CliRunner().invoke(_cli(), ["scaling-sweep", *hidden])
+        assert bad.exit_code == 2 and "No such option" in bad.output, hidden
+    out = tmp_path / "p.json"
+    for pt, kw in ((S.Point("weak", 2, 2), {}), (S.Point("largest", 1, 1), {"memory": 1 << 26, "fill": 0.5})):
+        args = worker.parser().parse_args(launch.worker_args(pt, "mini", 4, 2, "cpu", out, **kw))
+        assert (args.family, args.size, args.batch, args.steps, args.device, args.out) == ("mini", pt.size, 4, 2,
+                                                                                            "cpu", str(out))
+        assert args.largest == (pt.mode == "largest")
+        if kw:
+            assert (args.memory, args.fill) == (1 << 26, 0.5)
+
+
+def test_the_package_loads_no_numpy_before_the_worker_sets_threads():
+    """``python -m`` imports the package before the worker's first line, which must run before NumPy loads."""
+    code = ("import sys, repro.experiments.scaling as S; assert 'numpy' not in sys.modules; "
+            "S.sized_config; assert 'numpy' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_worker_measures_under_mpiexec_and_a_failing_job_ends_with_one_line(tmp_path):
+    out = tmp_path / "p.json"
+    run_mpi(2, ["-m", launch.WORKER, "--device", "cpu", "--size", "2", "--batch", "4", "--steps", "1",
+                "--out", str(out)], timeout=300)
+    r = json.loads(out.read_text())
+    assert r["ranks"] == 2 and r["family"] == "cpu" and len(r["per_rank"]) == 2 and r["update_s"] > 0
+    assert r["parameters_W1"] == sum(S.sized_config("cpu", 2, 4).parameter_counts())
+    # every rank fails (nothing fits 1 MB): the job ends at once, with one Error line and no traceback
+    t0 = time.monotonic()
+    bad = run_mpi(2, ["-m", launch.WORKER, "--device", "cpu", "--largest", "--family", "mini", "--memory", "1000000",
+                      "--out", str(tmp_path / "q.json")], timeout=120, check=False)
+    assert bad.returncode != 0 and time.monotonic() - t0 < 60
+    errors = [ln for ln in (bad.stdout + bad.stderr).splitlines() if "Error: " in ln]
+    assert len(errors) == 1 and "no input size fits" in errors[0] and "Traceback" not in bad.stderr
+    assert launch._ERROR_LINE.fullmatch(errors[0])  # what the launcher reads back as the point's error

@@ -1,20 +1,28 @@
-"""``repro scaling-sweep``: time the fine-tuning update over model sizes and rank counts, or project it."""
+"""``repro scaling-sweep``: time the fine-tuning update over model sizes and rank counts, or project it.
+
+Each point runs in its own ``mpiexec`` launch of ``python -m repro.experiments.scaling.worker``
+(``repro/experiments/scaling/``); this command plans, launches, and prints and writes the results.
+"""
 from __future__ import annotations
 
 import json
-import os
+import re
 import sys
 from pathlib import Path
 
 import click
-
-from repro import atomic
 from rich.console import Console
 from rich.table import Table
 
-from repro.options import figure_options
-
+from repro import atomic
 from repro.errors import ReproError
+from repro.experiments.breakdown import Breakdown
+from repro.experiments.scaling import (PAPER, Link, Point, add_efficiency, fmt_efficiency, fmt_ms,
+                                       largest_document, launch_point, link_from_sweep, markdown, plan, plot,
+                                       sweep, sweep_document)
+from repro.experiments.scaling import project as project_paper  # the command's --project flag is "project"
+from repro.model.memory import human
+from repro.options import figure_options
 
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -35,8 +43,6 @@ def _bytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
     """'80GB', '16GiB', '512MiB' or a plain number of bytes."""
     if value is None:
         return None
-    import re
-
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
@@ -82,19 +88,11 @@ def _bytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
               help="--largest: fraction of that memory the estimate may take (a measured update may exceed its "
                    "estimate; allocators fragment).")
 @figure_options
-@click.option("--worker", is_flag=True, hidden=True)
-@click.option("--size", default=1, type=click.IntRange(1), hidden=True)
-@click.option("--worker-json", default=None, hidden=True)
 @click.pass_obj
 def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repeat, threads, timeout, out, breakdown,  # noqa: ANN001
                   project, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family,
-                  largest, memory, fill, dpi, formats, worker, size, worker_json) -> None:
+                  largest, memory, fill, dpi, formats) -> None:
     """Weak and strong scaling of the fine-tuning update (each point its own mpiexec launch), or --project."""
-    from repro.experiments import scaling as S
-
-    if worker:
-        _worker(obj.device, family, size, batch, steps, worker_json, (memory, fill) if largest else None)
-        return
     con = Console(width=None if sys.stdout.isatty() else 150)  # wide tables also when piped to a file
     outdir = Path(out)
     if project:
@@ -104,29 +102,24 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repe
     if largest:
         _largest(con, outdir, ranks, family, batch, steps, threads, device, timeout, memory, fill)
         return
+
     def progress(r: int, pt) -> None:  # noqa: ANN001
         again = f" (round {r + 1} of {repeat})" if repeat > 1 else ""
         con.print(f"[dim]{pt.mode}: {pt.ranks} rank(s), size x{pt.size}{again} ...[/dim]")
 
-    points = S.sweep(S.plan(ranks, sizes, mode, weak_base), repeat,
-                     lambda pt: S.launch(pt, family, batch, steps, threads, device, timeout), progress)
-    S.add_efficiency(points)
-    doc = {"family": family, "device": points[0]["device"], "batch": batch, "steps": steps, "repeat": repeat,
-           "threads_per_rank": threads, "when": S.now(), "host": S.host_info(), "points": points,
-           "load_average": list(os.getloadavg()),
-           "notes": f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-                    f"on {os.cpu_count()} CPUs (other processes share them: timings are noisy)."}
+    points = sweep(plan(ranks, sizes, mode, weak_base), repeat,
+                   lambda pt: launch_point(pt, family, batch, steps, threads, device, timeout), progress)
+    add_efficiency(points)
+    doc = sweep_document(points, family, batch, steps, repeat, threads)
     atomic.write_json(outdir / "sweep.json", doc)
     for fmt in dict.fromkeys(formats):
-        S.plot(points, outdir / f"sweep.{fmt}", f"{family} family, {doc['device']}, batch {batch}, {threads} thread(s)/rank",
-               dpi=dpi)
-    atomic.write_text(outdir / "README.md", S.markdown(doc))
+        plot(points, outdir / f"sweep.{fmt}", f"{family} family, {doc['device']}, batch {batch}, {threads} thread(s)/rank",
+             dpi=dpi)
+    atomic.write_text(outdir / "README.md", markdown(doc))
     _print_points(con, points)
     if breakdown:
         weak = [p for p in points if p["mode"] == "weak"] or points
         p = max(weak, key=lambda q: (q["ranks"], q["size"]))
-        from repro.experiments.breakdown import Breakdown
-
         b = p["breakdown_rank0"]
         bd = Breakdown([(r["stage"], r["phase"], r["op"], r["seconds"], r["calls"]) for r in b["rows"]],
                        b["update_s"], b["optimizer_s"])
@@ -136,61 +129,28 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repe
 
 
 def _print_points(con: Console, points: list[dict]) -> None:
-    from repro.experiments import scaling as S
-
     t = Table(title="fine-tuning update: scaling")
     for c in ("mode", "ranks", "size", "W1 params", "ms/update", "images/s", "GFLOP/s/rank", "comm", "peak/rank",
               "est./rank", "efficiency", "weak eff./work"):
         t.add_column(c, justify="left" if c == "mode" else "right")
     for p in points:
         t.add_row(p["mode"], str(p["ranks"]), f"x{p['size']}", f"{p['parameters_W1'] / 1e6:.2f}M",
-                  S.fmt_ms(p), f"{p['images_per_s']:.1f}", f"{p['gflops_per_rank']:.2f}",
+                  fmt_ms(p), f"{p['images_per_s']:.1f}", f"{p['gflops_per_rank']:.2f}",
                   f"{100 * p['comm_share']:.1f}%", f"{p['peak_bytes'] / 2**20:.1f} MiB",
-                  f"{p['estimate_bytes'] / 2**20:.1f} MiB", S.fmt_efficiency(p),
+                  f"{p['estimate_bytes'] / 2**20:.1f} MiB", fmt_efficiency(p),
                   f"{p['efficiency_work']:.2f}" if "efficiency_work" in p else "")
     con.print(t)
-
-
-def _worker(device: str, family: str, size: int, batch: int, steps: int, out: str | None,
-            largest: tuple[int | None, float] | None) -> None:
-    from repro.experiments import scaling as S
-    from repro.experiments.run import open_session
-
-    session = open_session(device, run=str(Path(out).parent) if out else ".", create=False)
-    if largest is None:
-        cfg, fit = S.sized_config(family, size, batch), {}
-    else:
-        memory, fill = largest
-        budget = memory or S.rank_memory_bytes(session.xp, session.w)
-        base = S.base_config(family).with_train(batch=batch)
-        cfg, need = S.largest_config(base, session.w.size, batch, int(budget * fill), session.backend.is_gpu,
-                                     f"{base.name}-largest")
-        fit = {"memory_bytes": int(budget), "memory_source": "given" if memory else "measured", "fill": fill,
-               "estimate_chosen_bytes": need}
-    r = S.measure(cfg, batch, steps, xp=session.xp)
-    if session.w.is_root:
-        r["family"] = family
-        r.update(fit)
-        if out:
-            atomic.write_json(Path(out), r)
-        else:
-            click.echo(json.dumps(r))
 
 
 def _largest(con: Console, outdir: Path, ranks: list[int], family: str, batch: int, steps: int, threads: int,
              device: str, timeout: float, memory: int | None, fill: float) -> None:
     """The largest network of the family that fits each rank count's memory, timed in its own launch."""
-    from repro.experiments import scaling as S
-    from repro.model.memory import human
-
-    extra = ("--largest", "--fill", str(fill)) + (("--memory", str(memory)) if memory else ())
     points = []
     for n in ranks:
         con.print(f"[dim]largest {family} network on {n} rank(s) ...[/dim]")
-        points.append(S.launch(S.Point("largest", n, 1), family, batch, steps, threads, device, timeout, extra))
-    doc = {"family": family, "device": points[0]["device"], "device_name": points[0]["device_name"], "batch": batch,
-           "steps": steps, "threads_per_rank": threads, "when": S.now(), "host": S.host_info(), "points": points,
-           "load_average": list(os.getloadavg())}
+        points.append(launch_point(Point("largest", n, 1), family, batch, steps, threads, device, timeout,
+                                   memory=memory, fill=fill))
+    doc = largest_document(points, family, batch, steps, threads)
     atomic.write_json(outdir / "largest.json", doc)
     t = Table(title=f"largest {family} network per rank count that fits, {doc['device_name']}, batch {batch}")
     for c in ("ranks", "input", "W1 params", "memory/rank", "estimate/rank", "peak/rank", "ms/update", "images/s",
@@ -212,20 +172,18 @@ def _largest(con: Console, outdir: Path, ranks: list[int], family: str, batch: i
 
 def _project(con: Console, outdir: Path, from_json: str | None, gflops: float | None, bw: float | None,
              latency_us: float, ranks_per_link: int, family: str) -> None:
-    from repro.experiments import scaling as S
-
     source = "given"
     measured = {}
     if from_json:
         try:
-            measured = S.link_from_sweep(json.loads(Path(from_json).read_text()))
+            measured = link_from_sweep(json.loads(Path(from_json).read_text()))
         except (OSError, ValueError, KeyError) as exc:
             raise ReproError(f"{from_json}: not a sweep JSON ({exc})") from None
         source = f"from {from_json}"
-    link = S.Link(gflops=gflops or measured.get("gflops", 1000.0),
-                  bandwidth_gbps=bw or measured.get("bandwidth_gbps", 56.0),
-                  latency_us=latency_us, ranks_per_link=ranks_per_link)
-    pts = S.project(link, family)
+    link = Link(gflops=gflops or measured.get("gflops", 1000.0),
+                bandwidth_gbps=bw or measured.get("bandwidth_gbps", 56.0),
+                latency_us=latency_us, ranks_per_link=ranks_per_link)
+    pts = project_paper(link, family)
     t = Table(title=f"projected fine-tuning update ({source}: {link.gflops:.1f} GFLOP/s per rank, "
                     f"{link.bandwidth_gbps:.1f} Gbit/s / {link.ranks_per_link}, {link.latency_us:.1f} us)")
     for c in ("ranks", "W1 params", "input", "compute ms", "comm ms", "update ms", "vs 1 rank", "images/s",
@@ -237,12 +195,12 @@ def _project(con: Console, outdir: Path, from_json: str | None, gflops: float | 
                   f"{p['time_vs_1']:.2f}x", f"{p['images_per_s']:.0f}", f"{p['halo_bytes'] / 1e6:.1f}",
                   str(p["messages"]), f"{p['throughput_x']:.1f}")
     con.print(t)
-    con.print(f"paper (Coates et al. 2013): 185M parameters on 1 GPU -> 11.2B on 64 GPUs; {S.PAPER['note']}; "
-              f"up to {S.PAPER['max_throughput_x']:.0f}x throughput.")
+    con.print(f"paper (Coates et al. 2013): 185M parameters on 1 GPU -> 11.2B on 64 GPUs; {PAPER['note']}; "
+              f"up to {PAPER['max_throughput_x']:.0f}x throughput.")
     con.print("[dim]model: compute = the busiest rank's LC GEMM FLOPs / rate (pooling, LCN, elementwise and "
               "optimiser neglected); comm = busiest rank's messages x latency + bytes / bandwidth "
               "(every halo crosses the network, no overlap with compute, no PCIe staging, no contention "
               "beyond --ranks-per-link).[/dim]")
     atomic.write_json(outdir / "projection.json", {"link": link.__dict__, "source": source, "family": family,
-                                                     "paper": S.PAPER, "points": pts})
+                                                     "paper": PAPER, "points": pts})
     con.print(f"wrote {outdir / 'projection.json'}")
