@@ -56,7 +56,7 @@ def write_json(path: str | os.PathLike, obj: Any, compact: bool = False, fsync: 
 
 def save_figure(fig: Any, path: str | os.PathLike, **kw: Any) -> Path:
     """A matplotlib figure as PNG (or whatever the suffix says); the figure is closed afterwards."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # here: pyplot takes most of a second to import, only figures need it
 
     with target(path) as tmp:
         fig.savefig(tmp, **kw)

@@ -14,6 +14,7 @@ from repro.engine import threads
 
 threads.configure()  # before NumPy loads: BLAS reads its thread count once
 
+from repro.commands import register  # noqa: E402
 from repro.engine import comm  # noqa: E402
 from repro.options import ReproGroup  # noqa: E402
 
@@ -35,14 +36,7 @@ def cli(ctx: click.Context, device: str) -> None:
     ctx.obj = Obj(device=device)
 
 
-def _register() -> None:
-    """Attach the commands that exist. One small module per command."""
-    from repro.commands import register
-
-    register(cli)
-
-
-_register()
+register(cli)  # one small module per command
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,7 +74,7 @@ def histogram_png(path: str | os.PathLike, positives: np.ndarray, negatives: np.
                   bins: int = 30, dpi: int = 150) -> Path:
     """Normalised histograms of two sets of activations on shared bins (Le et al., Figure 2); the
     format follows the suffix (.png, .pdf, .svg)."""
-    import matplotlib
+    import matplotlib  # here, not at the top: pyplot takes most of a second, and only figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -8,6 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
+from repro.experiments.control import control as run_control
+from repro.experiments.evaluate import EvalOptions
+from repro.experiments.run import Run
 from repro.options import err_console, out_console
 
 
@@ -33,9 +37,6 @@ from repro.options import err_console, out_console
 def control(obj, run, concept, data, test_data, split, root, layer, sublayer, max_steps, linear_filters,  # noqa: ANN001
             one_layer_steps, seed) -> None:
     """Le et al.'s control: remove frames with faces (OpenCV) from the training data, retrain, compare."""
-    from repro.experiments.control import control as run_control
-    from repro.experiments.evaluate import EvalOptions
-    from repro.experiments.run import Run
 
     console = err_console()
     r0 = Run.open(obj.device, run, None, root)

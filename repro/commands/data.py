@@ -14,11 +14,19 @@ path to a manifest file.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from repro.data.facefilter import FaceDetector, filter_faces
+from repro.data.fetch import fetch, verify_raw
+from repro.data.importer import import_folder
+from repro.data.loader import Loader
+from repro.data.manifest import available, load, manifest_dirs
+from repro.data.prepare import prepare, require_store
+from repro.data.store import is_complete, open_store
 from repro.errors import ReproError
 from repro.options import ReproGroup, err_console, out_console
 
@@ -36,7 +44,6 @@ def data() -> None:
 @root_option
 def list_cmd(root: Path) -> None:
     """Known manifests and whether they are fetched / prepared under ROOT."""
-    from repro.data.manifest import available, load, manifest_dirs
 
     t = Table(title="manifests in " + " and ".join(str(d) for d in manifest_dirs()))
     t.add_column("name", no_wrap=True)
@@ -65,8 +72,6 @@ def list_cmd(root: Path) -> None:
 @root_option
 def fetch_cmd(name: str, from_path: Path | None, root: Path) -> None:
     """Download (resumable) or copy NAME's raw files, check sha256, extract safely."""
-    from repro.data.fetch import fetch
-    from repro.data.manifest import load
 
     m = load(name)
     for line in fetch(m, root, from_path, err_console()):
@@ -87,8 +92,6 @@ def fetch_cmd(name: str, from_path: Path | None, root: Path) -> None:
 def prepare_cmd(name: str, from_path: Path | None, skip_bad: bool, workers: int | None, seed: int | None,
                 size: tuple[int, int] | None, force: bool, root: Path) -> None:
     """Decode NAME's raw files into packed stores ROOT/prepared/NAME/<split>/ (resumable)."""
-    from repro.data.manifest import load
-    from repro.data.prepare import prepare
 
     m = load(name)
     if size is not None:
@@ -127,7 +130,6 @@ def import_cmd(folder: Path, name: str, size: tuple[int, int], positive: str | N
 
     Example: repro data import ~/photos --name mine --size 32 32 --positive faces
     """
-    from repro.data.importer import import_folder
 
     s = import_folder(folder, name, root, size, positive, grey, crop, split, skip_bad, workers, err_console())
     t = Table(title=f"{folder} -> {s['store']}")
@@ -145,9 +147,6 @@ def import_cmd(folder: Path, name: str, size: tuple[int, int], positive: str | N
 @root_option
 def verify_cmd(name: str, root: Path) -> None:
     """Check raw files' sha256, every stored image's hash, and the manifest's expected counts."""
-    from repro.data.fetch import verify_raw
-    from repro.data.manifest import load
-    from repro.data.store import is_complete, open_store
 
     m = load(name)
     problems: list[str] = []
@@ -198,8 +197,6 @@ def verify_cmd(name: str, root: Path) -> None:
 def filter_faces_cmd(name: str, split: str, out: str | None, min_face: float, min_neighbors: int,
                      upscale_to: int, root: Path) -> None:
     """Write a copy of NAME without every image where OpenCV's Haar cascade finds a face."""
-    from repro.data.facefilter import FaceDetector, filter_faces
-    from repro.data.prepare import require_store
 
     st = require_store(name, split, root)
     out = out or f"{st.name or Path(name).name}-noface"
@@ -219,10 +216,6 @@ def filter_faces_cmd(name: str, split: str, out: str | None, min_face: float, mi
 @root_option
 def bench_cmd(name: str, split: str, batch: int, steps: int, replicas: int, root: Path) -> None:
     """How many images/s the loader delivers from a prepared store (should beat training's rate)."""
-    import time
-
-    from repro.data.loader import Loader
-    from repro.data.prepare import require_store
 
     st = require_store(name, split, root)
     ld = Loader(st, batch, seed=0, replica=0, n_replicas=replicas)

@@ -13,6 +13,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from repro import report
+from repro.experiments.evaluate import describe_test_set, EvalOptions, evaluate as run_eval, summary_rows
+from repro.experiments.run import Run
 from repro.options import err_console, figure_options, out_console
 
 
@@ -51,8 +54,6 @@ from repro.options import err_console, figure_options, out_console
 def evaluate(obj, concept, checkpoint, config_name, layer, sublayer, data, split, train_data, root,  # noqa: ANN001
              linear_filters, one_layer_steps, neuron_from, seed, batch, out, dpi, formats) -> None:
     """Best single neuron for a concept vs guessing, a random network, linear filters and a one-layer network."""
-    from repro.experiments.evaluate import EvalOptions, evaluate as run_eval
-    from repro.experiments.run import Run
 
     console = err_console()
     run = Run.open(obj.device, checkpoint, config_name, root)
@@ -70,9 +71,6 @@ def evaluate(obj, concept, checkpoint, config_name, layer, sublayer, data, split
 
 
 def print_summary(r: dict, out: Path) -> None:
-    from repro import report
-    from repro.experiments.evaluate import describe_test_set, summary_rows
-
     t = Table(title=f"evaluate {r['concept']}: {describe_test_set(r)} ({r['ranks']} rank(s), {r['device']}, "
                     f"{r['seconds']:.0f} s)")
     for h in ("", "ours", "AUC", "Le et al.", "Coates et al."):

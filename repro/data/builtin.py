@@ -41,13 +41,14 @@ import cv2
 import numpy as np
 from rich.console import Console
 
-from repro.data.manifest import Manifest
+from repro.data import pypifaces
+from repro.data.manifest import Manifest, load
 from repro.data.store import is_complete, open_store, write_store
 from repro.errors import ReproError
 
 def _grey_photo(name: str) -> np.ndarray:
     """A scikit-image sample as grey uint8, without letting pooch go to the network."""
-    import skimage.data as sd
+    import skimage.data as sd  # here, not at the top: scikit-image takes a second to import
 
     f = getattr(sd, name, None)
     if f is None:
@@ -69,7 +70,7 @@ def _grey_photo(name: str) -> np.ndarray:
 
 
 def _lfw() -> tuple[np.ndarray, np.ndarray]:
-    import skimage.data as sd
+    import skimage.data as sd  # here, as above
 
     x = np.asarray(sd.lfw_subset())  # (200, 25, 25) float in [0, 1]: 100 faces then 100 non-faces
     x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
@@ -187,7 +188,6 @@ def prepare_builtin(m: Manifest, root: Path, force: bool = False, seed: int | No
     prepared with these parameters are kept."""
     generator = m.prepare.extra.get("generator", "mini")
     if generator == "pypi-faces":
-        from repro.data import pypifaces
 
         return pypifaces.prepare(m, Path(root), force=force, seed=seed, from_dir=from_dir)
     if generator != "mini":
@@ -219,7 +219,6 @@ def prepare_builtin(m: Manifest, root: Path, force: bool = False, seed: int | No
 
 def builtin_manifest(name: str) -> Manifest | None:
     """The manifest of a built-in data set (built here on first use), or None for any other name."""
-    from repro.data.manifest import load
 
     if "/" in name or os.sep in name or name.endswith(".toml"):
         return None

@@ -14,6 +14,7 @@ lower ``min_face``.
 """
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
@@ -136,7 +137,6 @@ def filter_faces(src: str | os.PathLike | Store, out: str | os.PathLike, det: Fa
 
 def _written_records(writer: StoreWriter, s: int) -> list[dict[str, Any]]:
     """The records already written for shard ``s`` of a resumed filter run."""
-    import json
 
     for name in (f"shard-{s:05d}.wip.jsonl", f"shard-{s:05d}.records.jsonl"):
         p = writer.tmp / name

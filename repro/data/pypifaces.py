@@ -35,6 +35,7 @@ or ``seed``, so experiments on the training data never move the yardstick.
 """
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ import numpy as np
 
 from repro.data import pypi, video
 from repro.data.manifest import Manifest
+from repro.data.store import is_complete, open_store, write_store
 from repro.errors import ReproError
 
 SPLITS = ("train", "val", "test")
@@ -259,7 +261,6 @@ def orl_faces(cat: Catalogue, archives: dict[str, pypi.Archive], grey: bool, spl
 
 
 def lfw_faces(cat: Catalogue, archives: dict[str, pypi.Archive], grey: bool) -> list[Face]:
-    import io
 
     t = cat.lfw
     where = f"{t['package']}:{t['member']}"
@@ -647,7 +648,6 @@ def build(m: Manifest, root: Path, params: dict[str, Any], splits: list[str],
 def prepare(m: Manifest, root: Path, force: bool = False, seed: int | None = None,
             from_dir: Path | None = None) -> list[dict[str, Any]]:
     """Write ``<root>/prepared/<name>/<split>``; splits already built with these parameters are kept."""
-    from repro.data.store import is_complete, open_store, write_store
 
     params = params_of(m)
     if seed is not None:

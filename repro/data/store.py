@@ -52,6 +52,7 @@ import hashlib
 import json
 import operator
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Sequence as _SequenceABC
 from dataclasses import dataclass
@@ -555,7 +556,6 @@ def _renumber_sidecar(src: Path, dst: Path, shard: int) -> None:
 
 
 def _rmtree(p: Path) -> None:
-    import shutil
 
     if p.exists():
         shutil.rmtree(p)

@@ -12,6 +12,8 @@ import threading
 from types import FrameType
 from typing import Any
 
+from mpi4py import MPI
+
 from repro.engine.comm import World
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: the run is intact and resumable; requeue it with --resume
@@ -55,6 +57,4 @@ def exit_code(signal_name: str) -> int:
 
 
 def _max_op() -> Any:
-    from mpi4py import MPI
-
     return MPI.MAX

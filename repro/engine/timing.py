@@ -14,6 +14,7 @@ profile, not a production run).
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,8 +27,6 @@ def synchronize(arr: Any = None) -> None:
     """Wait for the GPU stream when ``arr`` (or nothing: any initialised CuPy) lives on a GPU."""
     if arr is not None and not type(arr).__module__.startswith("cupy"):
         return
-    import sys
-
     cp = sys.modules.get("cupy")
     if cp is not None:
         try:
