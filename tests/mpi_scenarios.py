@@ -93,7 +93,7 @@ def scenario_distarray_gpu() -> dict[str, np.ndarray]:
 def scenario_network(variant: str = "image") -> dict[str, np.ndarray]:
     """Forward, layer-wise and joint losses/gradients, and a few training steps."""
     cfg = from_dict(WINDOW if variant == "window" else SMALL)
-    net = Network.create(cfg, seed=3)
+    net = Network.create(cfg, seed=3, xp=np, w=world())
     x = images()
     out: dict[str, np.ndarray] = {}
     caches = net.forward(x)
@@ -147,7 +147,7 @@ def scenario_local_features() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(11)
     for name, d in (("small", SMALL), ("tiny", TINY_TOP)):
         cfg = from_dict(d)
-        net = Network.create(cfg, seed=3)
+        net = Network.create(cfg, seed=3, xp=np, w=world())
         C, (H, W) = cfg.channels, cfg.input_size
         x = rng.standard_normal((9, C, H, W)).astype(np.float32)
         y = np.arange(9) % 3 == 0
@@ -178,7 +178,7 @@ def scenario_local_features() -> dict[str, np.ndarray]:
 def scenario_checkpoint_write(path: str) -> dict[str, np.ndarray]:
     """Train two steps with SGD and write a checkpoint from this many ranks."""
     cfg = from_dict(SMALL)
-    net = Network.create(cfg, seed=5)
+    net = Network.create(cfg, seed=5, xp=np, w=world())
     opt = Optimizer("sgd", 0.01, 0.9)
     for step in range(2):
         _, grads = net.finetune_loss_and_grads(images(seed=200 + step))
@@ -192,7 +192,7 @@ def scenario_checkpoint_write(path: str) -> dict[str, np.ndarray]:
 def scenario_checkpoint_read(path: str) -> dict[str, np.ndarray]:
     """Load a checkpoint written on another rank count and take one more step."""
     opt = Optimizer("sgd", 0.01, 0.9)
-    net, manifest = load_checkpoint(path, opt=opt)
+    net, manifest = load_checkpoint(path, None, np, world(), opt=opt)
     out = {f"param.{n}": a for n, a in gather_tiles(net, net.params, root=None).items()}
     out.update({f"state.{n}": a for n, a in gather_tiles(net, opt.state, root=None).items()})
     _, grads = net.finetune_loss_and_grads(images(seed=300))

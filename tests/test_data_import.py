@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from repro.data.store import open_store
+from repro.engine.comm import world
 
 from conftest import invoke, one_line_error, train_tiny_run
 
@@ -72,7 +73,7 @@ def test_evaluate_imported_store_with_neuron_from(tiny, tmp_path) -> None:
     b = src["best_neuron"]
     assert t["neuron"] == {k: b[k] for k in ("layer", "sublayer", "index")} and t["threshold"] == b["threshold"]
     assert t["chosen_on"]["names"] == ["mini"] and res["test_set"]["names"] == ["mine2"]
-    net, _ = load_checkpoint(run)
+    net, _ = load_checkpoint(run, None, np, world())
     st = open_store(root / "prepared" / "mine2" / "test")
     acts = neuron_features(net, ev.as_float(st.images(np.arange(len(st)))), b["layer"], b["sublayer"], b["index"])
     y = st.labels == 1

@@ -10,6 +10,7 @@ import pytest
 
 from repro.experiments import evaluate as ev
 from repro.model.network import standardize
+from repro.engine.comm import world
 
 from conftest import invoke, one_line_error, run_mpi, train_tiny_run
 
@@ -236,7 +237,7 @@ def test_evaluate_end_to_end_one_and_two_ranks(tiny_run, tmp_path) -> None:
     # the best neuron's numbers follow from its features by the protocol
     from repro.model.network import load_checkpoint
 
-    net, _ = load_checkpoint(run)
+    net, _ = load_checkpoint(run, None, np, world())
     ts = ev.TestSet.of(["mini"], [__import__("repro.data.prepare", fromlist=["x"]).require_store("mini", "test", root)])
     F = ev.features(net, ts, 2)
     j, acc, _ = slow_best(F, ts.y)

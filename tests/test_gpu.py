@@ -17,6 +17,7 @@ from mpi_scenarios import SMALL, images
 from repro.model.config import from_dict
 from repro.model.network import Network, apply_update, compute_features, gather_tiles
 from repro.model.optim import Optimizer
+from repro.engine.comm import world
 
 
 @pytest.fixture(params=["gpu", "stand-in"])
@@ -34,7 +35,7 @@ def cp(request, monkeypatch):
 
 def _pair(cp):
     cfg = from_dict(SMALL)
-    return Network.create(cfg, seed=3), Network.create(cfg, seed=3, xp=cp)
+    return Network.create(cfg, seed=3, xp=np, w=world()), Network.create(cfg, seed=3, xp=cp, w=world())
 
 
 def test_forward_losses_and_gradients_match_numpy(cp):
@@ -123,7 +124,7 @@ def test_commands_run_on_the_device_as_on_the_cpu(cp, tmp_path):
                      ["visualize", "best-neuron", "--checkpoint", run, "--root", root, "--iters", "5"]):
             r = CliRunner().invoke(cli, ["--device", device, *map(str, args)], catch_exceptions=False)
             assert r.exit_code == 0, (device, args[0], r.output)
-    (a, _), (b, _) = load_checkpoint(runs["cpu"]), load_checkpoint(runs["gpu"])
+    (a, _), (b, _) = load_checkpoint(runs["cpu"], None, np, world()), load_checkpoint(runs["gpu"], None, np, world())
     for k in a.params:
         np.testing.assert_allclose(b.params[k], a.params[k], rtol=2e-3, atol=2e-5, err_msg=k)
     ec, eg = (json.loads((runs[d] / "evaluate-faces.json").read_text()) for d in ("cpu", "gpu"))

@@ -29,7 +29,7 @@ MEASURE = textwrap.dedent("""
         images = np.random.default_rng(0).standard_normal((batch, cfg.channels, *cfg.input_size)).astype(np.float32)
         tracemalloc.start()
         tracemalloc.reset_peak()
-        net, opt = Network.create(cfg, 0), Optimizer.from_config(cfg.train)
+        net, opt = Network.create(cfg, 0, np, world()), Optimizer.from_config(cfg.train)
         for _ in range(2):
             _, grads = net.finetune_loss_and_grads(images)
             apply_update(net, opt, grads)

@@ -9,10 +9,11 @@ from repro.errors import ReproError
 from repro.model.config import from_dict, load_config
 from repro.model.network import Network, apply_update, init_tile
 from repro.model.optim import Optimizer
+from repro.engine.comm import world
 
 
 def small_net(seed=1):
-    return Network.create(from_dict(SMALL), seed=seed, dtype=np.float64)
+    return Network.create(from_dict(SMALL), seed=seed, dtype=np.float64, xp=np, w=world())
 
 
 def _fd_check(net, loss_fn, grads, name, n_coords=6, h=1e-5, seed=0):
@@ -53,7 +54,7 @@ def test_finetune_gradient_flows_through_all_stages():
 
 
 def test_training_lowers_the_objective():
-    net = Network.create(from_dict(SMALL), seed=0)
+    net = Network.create(from_dict(SMALL), seed=0, xp=np, w=world())
     opt = Optimizer("adagrad", 0.05)
     x = images(b=8)
     first = net.layer_loss_and_grads(x, 0)[0]
@@ -160,7 +161,7 @@ def test_compute_features_layout():
 
 def test_tied_decoder_gradient():
     d = {**SMALL, "rica": {"lambda": 0.1, "eps": 0.01, "tied": True, "normalize_encoder": False}}
-    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64, xp=np, w=world())
     x = images().astype(np.float64)
     loss, grads = net.finetune_loss_and_grads(x)
     assert set(grads) == {"stage0.W1", "stage1.W1"}  # W2 is W1's transpose: no parameter of its own
@@ -173,7 +174,7 @@ def test_gradients_written_into_out(tied):
     """The trainer passes the previous step's gradients as ``out``: same values as fresh arrays,
     in the same arrays (tied decoders go through the network's one scratch buffer)."""
     d = {**SMALL, "rica": {"lambda": 0.1, "eps": 0.01, "tied": tied}}
-    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64, xp=np, w=world())
     x, x2 = images().astype(np.float64), images(seed=8).astype(np.float64)
     _, fresh = net.finetune_loss_and_grads(x2)
     prev = {name: np.full_like(g, np.nan) for name, g in net.finetune_loss_and_grads(x)[1].items()}
@@ -188,7 +189,7 @@ def test_gradients_written_into_out(tied):
 
 def test_decoder_normalisation():
     d = {**SMALL, "rica": {**SMALL["rica"], "normalize_decoder": True}}
-    net = Network.create(from_dict(d), seed=1)
+    net = Network.create(from_dict(d), seed=1, xp=np, w=world())
     _, g = net.layer_loss_and_grads(images(), 0)
     apply_update(net, Optimizer("sgd", 0.01), g)
     W2 = net.params["stage0.W2"]
@@ -219,7 +220,7 @@ def test_window_reconstruction_gradients(base, tied):
     """Every window reconstructing itself: layer-wise and joint gradients against finite differences,
     through the input's contrast normalisation too."""
     d = {**base, "rica": {**base["rica"], "tied": tied, "normalize_encoder": False}}
-    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64, xp=np, w=world())
     C, (H, W) = net.cfg.channels, net.cfg.input_size
     x = np.random.default_rng(3).standard_normal((4, C, H, W))
     for stage in range(len(net.cfg.stages)):
@@ -234,7 +235,7 @@ def test_window_reconstruction_gradients(base, tied):
 def test_window_loss_is_the_sum_over_windows():
     """R = (sum over locations of ||W2_l^T W1_l x_l - x_l||^2 + lambda sum p) / B, written plainly."""
     d = {**STRIDE2, "rica": {**STRIDE2["rica"], "tied": False}}
-    net = Network.create(from_dict(d), seed=2, dtype=np.float64)
+    net = Network.create(from_dict(d), seed=2, dtype=np.float64, xp=np, w=world())
     x = np.random.default_rng(4).standard_normal((3, 1, 15, 15))
     c = net.forward(x, upto=1)[0]
     W1, W2 = net.params["stage0.W1"], net.params["stage0.W2"]
@@ -256,7 +257,7 @@ def test_input_lcn_in_forward_and_unit_gradient():
     from repro.engine.kernels import lcn_same_forward
     from repro.model.network import preprocess, standardize, unit_gradient
 
-    net = Network.create(from_dict(STRIDE2), seed=5, dtype=np.float64)
+    net = Network.create(from_dict(STRIDE2), seed=5, dtype=np.float64, xp=np, w=world())
     x = np.random.default_rng(6).random((2, 1, 15, 15))
     np.testing.assert_allclose(net.input_array(x).data, lcn_same_forward(standardize(x), 5, 1.5, 0.2))
     np.testing.assert_allclose(preprocess(x, net.cfg), net.input_array(x).data)
@@ -276,7 +277,7 @@ def test_input_lcn_in_forward_and_unit_gradient():
 def test_no_lcn_passes_the_pooling_output_through():
     """lcn = 0: the paper's "LCN removed" ablation; gradients still exact, the map keeps its size."""
     d = {**SMALL, "stages": [{**SMALL["stages"][0], "lcn": 0}, SMALL["stages"][1]]}
-    net = Network.create(from_dict(d), seed=1, dtype=np.float64)
+    net = Network.create(from_dict(d), seed=1, dtype=np.float64, xp=np, w=world())
     shp = net.cfg.stage_shapes()[0]
     assert shp["lcn"] == shp["pool"]
     x = images().astype(np.float64)

@@ -23,6 +23,7 @@ from repro.model.config import from_dict
 from repro.model.memory import flops_per_update
 from repro.model.network import Network
 from repro.model.optim import Optimizer
+from repro.engine.comm import world
 
 SMALL = {
     "name": "t", "input": {"size": [14, 13], "channels": 2},
@@ -40,11 +41,11 @@ def test_timed_is_a_no_op_when_disabled():
 
 def test_profile_update_sees_every_stage_and_changes_no_number():
     cfg = from_dict(SMALL)
-    net, opt = Network.create(cfg, 0), Optimizer.from_config(cfg.train)
+    net, opt = Network.create(cfg, 0, np, world()), Optimizer.from_config(cfg.train)
     imgs = np.random.default_rng(0).standard_normal((4, 2, 14, 13)).astype(np.float32)
-    ref_loss, ref_grads = Network.create(cfg, 0).finetune_loss_and_grads(imgs)
+    ref_loss, ref_grads = Network.create(cfg, 0, np, world()).finetune_loss_and_grads(imgs)
     with profile_network():
-        loss, grads = Network.create(cfg, 0).finetune_loss_and_grads(imgs)
+        loss, grads = Network.create(cfg, 0, np, world()).finetune_loss_and_grads(imgs)
     assert loss == ref_loss  # timing changes no number
     for k in grads:
         np.testing.assert_array_equal(grads[k], ref_grads[k])

@@ -15,6 +15,7 @@ from repro.experiments import invariance as inv
 from repro.experiments import visualize as vis
 from repro.model.config import load_config
 from repro.model.network import Network, standardize
+from repro.engine.comm import world
 
 from conftest import invoke, one_line_error, run_mpi, train_tiny_run
 
@@ -22,7 +23,7 @@ from conftest import invoke, one_line_error, run_mpi, train_tiny_run
 # ---------------------------------------------------------------- pieces
 def test_ascent_beats_best_image_on_unit_sphere() -> None:
     cfg = load_config("mini")
-    net = Network.create(cfg, seed=3)
+    net = Network.create(cfg, seed=3, xp=np, w=world())
     h, w = cfg.stage_shapes()[1]["pool"]
     neuron = vis.make_neuron(cfg, 1, "pool", 5 * h * w + (h // 2) * w + w // 2)
     assert neuron.unit == (5, h // 2, w // 2)
@@ -221,7 +222,7 @@ def test_blur_and_schedule() -> None:
 
 def test_smooth_stimulus_has_less_high_frequency_energy() -> None:
     cfg = load_config("mini")
-    net = Network.create(cfg, seed=3)
+    net = Network.create(cfg, seed=3, xp=np, w=world())
     h, w = cfg.stage_shapes()[1]["pool"]
     neuron = vis.make_neuron(cfg, 1, "pool", 5 * h * w + (h // 2) * w + w // 2)
     best = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)

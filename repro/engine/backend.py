@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,26 +36,48 @@ def gpu_available() -> bool:
     return _cupy() is not None
 
 
+def is_gpu(xp: Any) -> bool:
+    """The one answer to "does this array module compute on a GPU?" (code that holds only ``xp``)."""
+    return xp is not np
+
+
+def on_gpu(a: Any) -> bool:
+    """Does this array live on a GPU (a CuPy array)? Asked of arrays, not modules."""
+    return type(a).__module__.startswith("cupy")
+
+
+def synchronize(x: Any = None) -> None:
+    """Wait for the current GPU stream when ``x`` (an array module or array) is on a GPU; with no
+    argument, whenever CuPy is loaded (timers that do not know what they time). CPUs: nothing."""
+    if x is None:
+        cp = sys.modules.get("cupy")
+    elif isinstance(x, ModuleType):
+        cp = x if is_gpu(x) else None
+    else:
+        cp = sys.modules.get("cupy") if on_gpu(x) else None
+    if cp is not None:
+        try:
+            cp.cuda.get_current_stream().synchronize()
+        except Exception:  # no device initialised: nothing to wait for
+            return
+
+
 def get_array_module(*arrays: Any) -> ModuleType:
     """numpy or cupy, whichever owns the arrays (the kernels accept either)."""
     for a in arrays:
-        if type(a).__module__.startswith("cupy"):
-            import cupy  # type: ignore[import-not-found]
-
-            return cupy
+        if on_gpu(a):
+            return sys.modules["cupy"]
     return np
 
 
 def to_numpy(a: Any) -> np.ndarray:
     """Host copy of a NumPy or CuPy array (I/O boundary)."""
-    if type(a).__module__.startswith("cupy"):
-        return a.get()
-    return np.asarray(a)
+    return a.get() if on_gpu(a) else np.asarray(a)
 
 
 def device_name(xp: Any) -> str:
     """The GPU's name (CUDA device properties) or the CPU's model name."""
-    if xp is not np:
+    if is_gpu(xp):
         name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
     try:
@@ -75,7 +98,7 @@ class Backend:
 
     @property
     def is_gpu(self) -> bool:
-        return self.name == "gpu"
+        return is_gpu(self.xp)
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         return self.xp.asarray(a, dtype=dtype)
@@ -84,23 +107,22 @@ class Backend:
         return to_numpy(a)
 
     def synchronize(self) -> None:
-        if self.is_gpu:
-            self.xp.cuda.get_current_stream().synchronize()
+        synchronize(self.xp)
 
-    def memory_available(self, local_ranks: int) -> tuple[int, str] | None:
-        """(bytes one rank can count on, where that comes from), or None when unknown. Host memory is
-        shared by the ranks on the node; a GPU's by the ranks that picked it (``select_backend``)."""
-        if self.is_gpu:
-            free, _ = self.xp.cuda.Device(self.device_id).mem_info
-            n = self.xp.cuda.runtime.getDeviceCount()
-            share = max(1, -(-local_ranks // n))
-            return free // share, f"{free / 2**30:.1f} GiB free on GPU {self.device_id}, shared by {share} rank(s)"
-        host = host_memory_available()
-        if host is None:
-            return None
-        free, source = host
-        share = max(1, local_ranks)
-        return free // share, f"{free / 2**30:.1f} GiB {source}, shared by {share} rank(s) on this node"
+
+def rank_memory(xp: Any, w: Any) -> tuple[int, str]:
+    """(bytes this rank can count on, where that comes from). Collective over ``w``: the free memory
+    of this rank's GPU, or of its node (``host_memory_available``), split evenly among the ranks
+    that share that GPU or node."""
+    node = platform.node()
+    if is_gpu(xp):
+        dev = xp.cuda.Device()
+        free, key, source = int(dev.mem_info[0]), (node, int(dev.id)), f"free on GPU {int(dev.id)}"
+    else:
+        free, source = host_memory_available()
+        key = (node, -1)
+    share = w.allgather(key).count(key)
+    return free // share, f"{free / 2**30:.1f} GiB {source}, shared by {share} rank(s)"
 
 
 def _read_int(path: Path) -> int | None:
@@ -111,9 +133,10 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def host_memory_available() -> tuple[int, str] | None:
-    """Memory a new allocation can get on this node: Linux's ``MemAvailable``, or less when the
-    process's cgroup (a Slurm job, a container) has a lower limit left. None off Linux."""
+def host_memory_available() -> tuple[int, str]:
+    """Memory a new allocation can get on this node: Linux's ``MemAvailable`` (free plus reclaimable
+    caches), or less when the process's cgroup (a Slurm job, a container) has a lower limit left;
+    elsewhere the free pages."""
     best: tuple[int, str] | None = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -135,6 +158,8 @@ def host_memory_available() -> tuple[int, str] | None:
         left = max(0, limit - used)
         if best is None or left < best[0]:
             best = (left, "left under this job's memory limit (cgroup)")
+    if best is None:  # not Linux
+        best = (os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free")
     return best
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from repro.engine.backend import get_array_module, to_numpy
-from repro.engine.comm import World, cuda_aware_mpi, world
+from repro.engine.backend import get_array_module, is_gpu, synchronize, to_numpy
+from repro.engine.comm import World, cuda_aware_mpi
 from repro.engine.partition import Box, Partition, box_empty, box_intersect, box_shape, input_window
 from repro.engine.timing import timed
 
@@ -88,7 +88,7 @@ class _Exchanger:
     def __init__(self, xp: Any, w: World) -> None:
         self.xp = xp
         self.w = w
-        self.gpu = xp is not np
+        self.gpu = is_gpu(xp)
         self.direct = (not self.gpu) or cuda_aware_mpi()
         self.requests: list[MPI.Request] = []
         self.keep: list[Any] = []
@@ -97,7 +97,7 @@ class _Exchanger:
         buf = self.xp.ascontiguousarray(arr)
         if self.gpu:
             if self.direct:
-                self.xp.cuda.get_current_stream().synchronize()
+                synchronize(self.xp)
             else:
                 buf = to_numpy(buf)
         self.keep.append(buf)
@@ -120,8 +120,8 @@ class _Exchanger:
 class DistArray:
     """This rank's tile ``data[b, c, ty, tx]`` of a global ``(B, C, H, W)`` array."""
 
-    def __init__(self, data: Any, part: Partition, w: World | None = None, full: Any = None) -> None:
-        self.w = w or world()
+    def __init__(self, data: Any, part: Partition, w: World, full: Any = None) -> None:
+        self.w = w
         self.part = part
         self.data = data
         self.full = full  # set when every rank holds the whole array (the input images)
@@ -130,9 +130,8 @@ class DistArray:
             raise ValueError(f"tile has spatial shape {tuple(data.shape[2:])}, partition says {want}")
 
     @classmethod
-    def from_replicated(cls, full: Any, part: Partition, w: World | None = None) -> "DistArray":
+    def from_replicated(cls, full: Any, part: Partition, w: World) -> "DistArray":
         """Every rank holds the whole array (e.g. the same minibatch of images): no messages needed."""
-        w = w or world()
         y0, y1, x0, x1 = part.tile(w.rank)
         return cls(full[:, :, y0:y1, x0:x1], part, w, full=full)
 
@@ -233,7 +232,7 @@ def overlap_halos(w: World, xp: Any) -> bool:
         return env == "1"
     if w.size == 1:
         return False
-    return xp is not np or not w.single_node()
+    return is_gpu(xp) or not w.single_node()
 
 
 def windowed_apply(a: DistArray, plan: HaloPlan, out_tile: Box, kernel: int, stride: int,
@@ -272,14 +271,14 @@ def windowed_apply(a: DistArray, plan: HaloPlan, out_tile: Box, kernel: int, str
     return out, xw
 
 
-def scatter_add(window_grad: Any, plan: HaloPlan, w: World | None = None) -> Any:
+def scatter_add(window_grad: Any, plan: HaloPlan, w: World) -> Any:
     """Adjoint of :meth:`DistArray.fetch`: sum every rank's window-shaped array into the owners' tiles.
 
     Returns this rank's tile ``(B, C, ty, tx)``: its own part of its window plus what each peer's
     window holds over this tile. Parts of a window outside the array's bounds are dropped.
     """
     with timed("halo scatter-add"):
-        return _scatter_add(window_grad, plan, w or world())
+        return _scatter_add(window_grad, plan, w)
 
 
 def _scatter_add(window_grad: Any, plan: HaloPlan, w: World) -> Any:

@@ -14,25 +14,14 @@ profile, not a production run).
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
-__all__ = ["Timer", "TIMER", "timed", "profile_network", "synchronize", "COMM"]
+from repro.engine.backend import synchronize
 
-
-def synchronize(arr: Any = None) -> None:
-    """Wait for the GPU stream when ``arr`` (or nothing: any initialised CuPy) lives on a GPU."""
-    if arr is not None and not type(arr).__module__.startswith("cupy"):
-        return
-    cp = sys.modules.get("cupy")
-    if cp is not None:
-        try:
-            cp.cuda.get_current_stream().synchronize()
-        except Exception:  # no device initialised: nothing to wait for
-            return
+__all__ = ["Timer", "TIMER", "timed", "profile_network", "COMM"]
 
 
 @dataclass

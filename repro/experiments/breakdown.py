@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from rich.table import Table
 
-from repro.engine.timing import COMM, Timer, profile_network, synchronize, timed
+from repro.engine.backend import is_gpu, synchronize
+from repro.engine.timing import COMM, Timer, profile_network, timed
 from repro.model.network import apply_update
 
 
@@ -81,7 +81,7 @@ class Breakdown:
 
 def profile_update(net: Any, opt: Any, images: Any, steps: int = 3, warmup: int = 1) -> Breakdown:
     """Time ``steps`` fine-tuning updates of ``net`` (after ``warmup``), broken down per stage and op."""
-    gpu = net.xp is not np
+    gpu = is_gpu(net.xp)
 
     grads: dict = {}
 

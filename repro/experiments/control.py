@@ -89,7 +89,7 @@ def evaluate_run(session: Session, run: Path, ts: Any, train_store: Any, opt: An
             same = False
         if session.w.bcast(same if session.w.is_root else None):
             return old
-    net, manifest = load_checkpoint(run, xp=session.xp, w=session.w)
+    net, manifest = load_checkpoint(run, None, session.xp, session.w)
     return evaluate(sub, net, ckpt.resolve(run), int(manifest["step"]), ts, train_store, opt, console=console)
 
 

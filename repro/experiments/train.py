@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from repro import __version__, atomic
 from repro.data.loader import Loader
 from repro.engine import threads
-from repro.engine.backend import DTYPE
+from repro.engine.backend import DTYPE, rank_memory
 from repro.engine.stop import StopRequests
 from repro.errors import ReproError
 from repro.experiments.run import Session, data_record, recorded_training_data
@@ -318,8 +318,8 @@ def check_memory(session: Session, cfg: NetworkConfig, config_arg: str | None = 
         return
     w, backend = session.w, session.backend
     need = estimate_rank(cfg, w.rank, w.size, cfg.train.batch, np.dtype(DTYPE).itemsize, backend.is_gpu).total
-    have = backend.memory_available(threads.local_ranks())
-    short = w.comm.allgather(None if have is None or need <= have[0] else (need - have[0], w.rank, need, have))
+    have = rank_memory(session.xp, w)
+    short = w.allgather(None if need <= have[0] else (need - have[0], w.rank, need, have))
     worst = max((s for s in short if s is not None), default=None)
     if worst is not None:
         _, rank, need, (avail, where) = worst

@@ -23,7 +23,7 @@ import numpy as np
 
 from repro import atomic
 from repro.engine.backend import to_numpy
-from repro.engine.comm import World, world
+from repro.engine.comm import World
 from repro.engine.partition import box_intersect
 from repro.errors import ReproError
 from repro.model.config import NetworkConfig, from_saved
@@ -40,13 +40,12 @@ def _shape_signature(cfg: NetworkConfig) -> dict[str, Any]:
 
 
 def save(directory: str | os.PathLike, step: int, cfg: NetworkConfig, tensors: dict[str, Any],
-         tiles: dict[str, tuple[int, int, int, int]], extra: dict[str, Any] | None = None,
-         w: World | None = None, keep: int | None = None) -> Path:
+         tiles: dict[str, tuple[int, int, int, int]], w: World, extra: dict[str, Any] | None = None,
+         keep: int | None = None) -> Path:
     """Collective: every rank passes its tiles; returns the final checkpoint folder.
 
     ``keep``: how many checkpoints to keep in ``directory`` (the newest; None keeps all).
     """
-    w = w or world()
     root = Path(directory)
     final = root / f"step-{step:08d}"
     tmp = root / f".step-{step:08d}.partial"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from repro.engine.comm import World, world
 from repro.engine.distarray import HaloPlan
 from repro.engine.partition import Partition, ProcGrid
 from repro.model.config import NetworkConfig
@@ -32,19 +31,20 @@ class Layout:
     rank: int
 
     @classmethod
-    def build(cls, cfg: NetworkConfig, w: World | None = None, grid: ProcGrid | None = None) -> "Layout":
-        w = w or world()
-        grid = grid or ProcGrid.for_ranks(w.size, cfg.input_size)
-        if grid.size != w.size:
-            raise ValueError(f"process grid {grid.py}x{grid.px} does not match {w.size} ranks")
+    def build(cls, cfg: NetworkConfig, rank: int, size: int, grid: ProcGrid | None = None) -> "Layout":
+        """Rank ``rank``'s plan among ``size`` ranks: only numbers, so the memory planner can build
+        any rank's layout without launching it."""
+        grid = grid or ProcGrid.for_ranks(size, cfg.input_size)
+        if grid.size != size:
+            raise ValueError(f"process grid {grid.py}x{grid.px} does not match {size} ranks")
         stages = []
         for s, shp in zip(cfg.stages, cfg.stage_shapes()):
             p_in, p_f = Partition(shp["input"], grid), Partition(shp["filter"], grid)
             p_p, p_n = Partition(shp["pool"], grid), Partition(shp["lcn"], grid)
             stages.append(StageLayout(
                 p_in, p_f, p_p, p_n,
-                HaloPlan(p_in, p_f.windows(s.filter, s.stride), w.rank),
-                HaloPlan(p_f, p_p.windows(s.pool, s.pool_stride), w.rank),
-                HaloPlan(p_p, p_n.windows(s.lcn_window, 1), w.rank),
+                HaloPlan(p_in, p_f.windows(s.filter, s.stride), rank),
+                HaloPlan(p_f, p_p.windows(s.pool, s.pool_stride), rank),
+                HaloPlan(p_p, p_n.windows(s.lcn_window, 1), rank),
             ))
-        return cls(grid, stages, w.rank)
+        return cls(grid, stages, rank)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from repro.engine.comm import World
 from repro.engine.distarray import HaloPlan
 from repro.engine.kernels import lc_workspace_bytes
 from repro.engine.partition import box_shape
@@ -49,21 +48,6 @@ class RankMemory:
         return d
 
 
-class _FakeWorld(World):
-    """A world of a given size and rank, for planning without launching the ranks."""
-
-    def __init__(self, rank: int, size: int) -> None:  # noqa: D401 - no communicator needed
-        self._rank, self._size = rank, size
-
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-
 def _area(box: tuple[int, int, int, int]) -> int:
     h, w = box_shape(box)
     return h * w
@@ -85,7 +69,7 @@ def estimate(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4, gpu:
 def estimate_rank(cfg: NetworkConfig, r: int, ranks: int, batch: int, itemsize: int = 4,
                   gpu: bool = False) -> RankMemory:
     """:func:`estimate` for rank ``r`` alone (what a starting rank checks against its memory)."""
-    lay = Layout.build(cfg, _FakeWorld(r, ranks))
+    lay = Layout.build(cfg, r, ranks)
     params = acts = halos = work = stage_w = 0
     for i, (s, L) in enumerate(zip(cfg.stages, lay.stages)):
         C, F = cfg.stage_channels(i), s.maps

@@ -28,7 +28,7 @@ import numpy as np
 
 from repro.engine import kernels as K
 from repro.engine.backend import get_array_module, to_numpy
-from repro.engine.comm import World, world
+from repro.engine.comm import World
 from repro.engine.distarray import DistArray, gather
 from repro.engine.timing import TIMER
 from repro.model import checkpoint as ckpt
@@ -111,8 +111,8 @@ class Network:
     cfg: NetworkConfig
     layout: Layout
     params: dict[str, Any]  # name -> tile (xp array)
-    xp: Any = np
-    w: World = field(default_factory=world)
+    xp: Any  # the array module (NumPy or CuPy): always given, so nothing falls back to the CPU unnoticed
+    w: World  # the ranks that share this network: always given, never "the whole world" by default
     stages: list[Stage] = field(init=False)
     _scratch: Any = field(default=None, init=False, repr=False)
 
@@ -123,10 +123,9 @@ class Network:
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
-    def create(cls, cfg: NetworkConfig, seed: int, xp: Any = np, w: World | None = None,
+    def create(cls, cfg: NetworkConfig, seed: int, xp: Any, w: World,
                dtype: Any = np.float32, layout: Layout | None = None) -> "Network":
-        w = w or world()
-        layout = layout or Layout.build(cfg, w)
+        layout = layout or Layout.build(cfg, w.rank, w.size)
         params = {}
         for name in param_names(cfg):
             stage, which = _split(name)
@@ -265,16 +264,16 @@ def save_checkpoint(net: Network, opt: Optimizer | None, directory: Any, step: i
     extra = dict(extra or {})
     if opt is not None:
         extra.setdefault("optimizer", {"kind": opt.kind, "lr": opt.lr, "momentum": opt.momentum})
-    return ckpt.save(directory, step, net.cfg, tensors, tiles, extra, net.w, keep=keep)
+    return ckpt.save(directory, step, net.cfg, tensors, tiles, net.w, extra, keep=keep)
 
 
-def load_checkpoint(path: Any, cfg: NetworkConfig | None = None, xp: Any = np, w: World | None = None,
+def load_checkpoint(path: Any, cfg: NetworkConfig | None, xp: Any, w: World,
                     opt: Optimizer | None = None) -> tuple[Network, dict[str, Any]]:
-    """A network (and optimiser state, if ``opt`` is given) from a checkpoint written on any rank count."""
-    w = w or world()
+    """A network (and optimiser state, if ``opt`` is given) from a checkpoint written on any rank count;
+    ``cfg`` None takes the checkpoint's own config."""
     cfg = cfg or ckpt.config_of(path)
     ckpt.check_compatible(path, cfg)
-    layout = Layout.build(cfg, w)
+    layout = Layout.build(cfg, w.rank, w.size)
     wanted = {n: layout.stages[_split(n)[0]].part_f.tile(w.rank) for n in param_names(cfg)}
     _, manifest = ckpt.read_manifest(path)
     if opt is not None:

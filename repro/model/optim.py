@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from repro.engine.backend import get_array_module
+from repro.engine.backend import get_array_module, is_gpu
 from repro.model.config import TrainConfig
 
 
@@ -37,7 +37,7 @@ class Optimizer:
             if key not in self.state:
                 self.state[key] = xp.zeros_like(p)
             s = self.state[key]
-            if xp is np and p.flags.c_contiguous and s.flags.c_contiguous:
+            if not is_gpu(xp) and p.flags.c_contiguous and s.flags.c_contiguous:
                 g = np.ascontiguousarray(g)
                 pf, sf, gf = p.reshape(-1), s.reshape(-1), g.reshape(-1)
                 tmp = np.empty(min(_BLOCK, pf.size), dtype=p.dtype)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from repro.engine.backend import get_array_module
+from repro.engine.backend import get_array_module, is_gpu
 from repro.engine.kernels._layout import batch_first, batch_last, transpose_into
 from repro.engine.kernels._parallel import map_chunks, n_threads, unbuffered_ufuncs
 
@@ -96,12 +96,8 @@ def lc_workspace_bytes(batch: int, W_shape: tuple[int, ...], itemsize: int, gpu:
     return isz * max(X + L * f * B + T * n * K * B, X + L * f * B + T * n * K * (B + f), L * f * B + T * (X + n * K * B))
 
 
-def _is_gpu(xp: Any) -> bool:
-    return xp is not np
-
-
 def _chunk_size(xp: Any, n_loc: int, per_loc_bytes: int) -> int:
-    budget = _GPU_CHUNK_BYTES if _is_gpu(xp) else _CPU_CHUNK_BYTES
+    budget = _GPU_CHUNK_BYTES if is_gpu(xp) else _CPU_CHUNK_BYTES
     return max(1, min(n_loc, budget // max(per_loc_bytes, 1)))
 
 
@@ -166,7 +162,7 @@ def lc_forward(x: Array, W: Array, stride: int) -> Array:
     L, K = OY * OX, C * k * k
     dtype = np.result_type(x.dtype, W.dtype)
     Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K), a view when W is
-    if _is_gpu(xp) or _FORCE_GENERIC:
+    if is_gpu(xp) or _FORCE_GENERIC:
         return _forward_gpu(x.astype(dtype, copy=False), Wm, (OY, OX), k, stride)
     xt = batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
     win = _windows(xt, k, stride, OY, OX)  # (OY, OX, C, k, k, B) view
@@ -177,7 +173,7 @@ def lc_forward(x: Array, W: Array, stride: int) -> Array:
         cols = _gather(win, lo, hi)  # (n, K, B)
         xp.matmul(Wm[lo:hi], cols, out=ytl[lo:hi])
 
-    map_chunks(work, L, _chunk_size(xp, L, K * B * xt.itemsize), gpu=_is_gpu(xp))
+    map_chunks(work, L, _chunk_size(xp, L, K * B * xt.itemsize), gpu=is_gpu(xp))
     return batch_first(yt).reshape(B, F, OY, OX)
 
 
@@ -199,7 +195,7 @@ def lc_backward_weights(x: Array, dy: Array, stride: int, kernel_size: int, out:
     dtype = np.result_type(x.dtype, dy.dtype)
     dW6 = _output(xp, out, (OY, OX, F, C, k, k), dtype)
     dW = dW6.reshape(L, F, K)  # a view
-    if _is_gpu(xp) or _FORCE_GENERIC:
+    if is_gpu(xp) or _FORCE_GENERIC:
         _backward_weights_gpu(x.astype(dtype, copy=False), dy.astype(dtype, copy=False), k, stride, dW)
         return dW6
     xt = batch_last(x.astype(dtype, copy=False))  # (C, H, W, B)
@@ -245,7 +241,7 @@ def lc_backward_data(dy: Array, W: Array, stride: int, input_shape: tuple[int, i
     L, K = OY * OX, C * k * k
     dtype = np.result_type(dy.dtype, W.dtype)
     Wm = xp.ascontiguousarray(W, dtype=dtype).reshape(L, F, K)  # (L, F, K), a view when W is
-    if _is_gpu(xp) or _FORCE_GENERIC:
+    if is_gpu(xp) or _FORCE_GENERIC:
         return _backward_data_grouped(Wm, dy.astype(dtype, copy=False), (B, C, H, Wd), OY, OX, k, stride)
     Wt = Wm.transpose(0, 2, 1)  # (L, K, F) view
     dyt = _per_location(dy.astype(dtype, copy=False))  # (L, F, B) view

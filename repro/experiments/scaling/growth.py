@@ -16,14 +16,11 @@ memory a rank has (:func:`largest_config`, :func:`rank_memory_bytes`).
 from __future__ import annotations
 
 import math
-import os
-import platform
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from repro.engine.backend import rank_memory
 from repro.engine.partition import Partition, ProcGrid, box_shape
 from repro.errors import ReproError
 from repro.model.config import NetworkConfig, from_dict, load_config, validate
@@ -165,26 +162,7 @@ def largest_config(base: NetworkConfig, ranks: int, batch: int, budget: int, gpu
     return cfg, need(lo)
 
 
-def _mem_available() -> int:
-    """The node's available memory (MemAvailable: free plus reclaimable caches), in bytes."""
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-    except OSError:  # not Linux: free pages only
-        lines = []
-    for line in lines:
-        fields = line.split()
-        if fields[:1] == ["MemAvailable:"] and len(fields) > 1 and fields[1].isdigit():
-            return int(fields[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def rank_memory_bytes(xp: Any, w: Any) -> int:
     """Bytes one rank may use: its GPU's free memory, or its node's available memory, shared evenly
     among the ranks on the same GPU or node; the smallest over ranks (collective)."""
-    if xp is not np:
-        dev = xp.cuda.Device()
-        free, key = int(dev.mem_info[0]), (platform.node(), int(dev.id))
-    else:
-        free, key = _mem_available(), (platform.node(), -1)
-    keys = w.allgather(key)
-    return int(min(w.allgather(free // keys.count(key))))
+    return int(min(w.allgather(rank_memory(xp, w)[0])))

@@ -23,7 +23,7 @@ import numpy as np
 
 from repro.engine.backend import device_name
 from repro.engine.comm import world
-from repro.engine.timing import synchronize
+from repro.engine.backend import synchronize
 from repro.experiments.breakdown import profile_update
 from repro.model.config import NetworkConfig
 from repro.model.memory import estimate, flops_per_update

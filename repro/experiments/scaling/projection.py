@@ -16,7 +16,7 @@ from repro.errors import ReproError
 from repro.experiments.scaling.growth import base_config, busiest_rank_params, config_with_params, grid_shape, sized_config
 from repro.model.config import NetworkConfig
 from repro.model.layout import Layout
-from repro.model.memory import _FakeWorld, flops_per_update
+from repro.model.memory import flops_per_update
 
 # The paper's points (Coates et al. 2013, as recalled in PAPER.md part 2).
 PAPER = {"params_1gpu": 185e6, "params_64gpu": 11.2e9, "max_throughput_x": 47.0,
@@ -59,7 +59,7 @@ def comm_volume(cfg: NetworkConfig, ranks: int, batch: int, itemsize: int = 4) -
     the rank sends and receives, links being full duplex), and the loss all-reduces (one per stage)."""
     per = []
     for r in range(ranks):
-        lay = Layout.build(cfg, _FakeWorld(r, ranks))
+        lay = Layout.build(cfg, r, ranks)
         msgs = nbytes = 0
         for plan_, ch, kind in exchanges(cfg, lay):
             recvs, sends = (plan_.recvs, plan_.sends) if kind == "fetch" else (plan_.sends, plan_.recvs)
