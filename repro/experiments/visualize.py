@@ -1,5 +1,8 @@
 """What the best neuron responds to (Le et al. 2012, Figure 3).
 
+Long because the paper's search, the prior's search, the top-image grid and their report share one
+neuron-response path (below); apart, the two searches would drift from the figure they explain.
+
     repro visualize best-neuron --checkpoint RUN                 # neuron from RUN/evaluate-faces.json
     mpiexec -n 4 repro visualize best-neuron --checkpoint RUN --layer 2 --sublayer pool --index 17
 
