@@ -157,6 +157,24 @@ def activation(net: Network, x: np.ndarray, neuron: Neuron) -> tuple[float, np.n
     return float(v), np.asarray(to_numpy(g), dtype=np.float32)
 
 
+def _ascent_step(net: Network, x: np.ndarray, f: float, g: np.ndarray, neuron: Neuron, t: float,
+                 max_halvings: int) -> tuple[tuple[np.ndarray, float, np.ndarray, float] | str, int]:
+    """One backtracking step along ``g/||g||`` on the unit sphere, halving ``t`` until ``f`` rises:
+    ((x', f', g', t), evaluations), or (why no step exists, evaluations)."""
+    gn = float(np.linalg.norm(g))
+    if gn == 0.0 or not np.isfinite(gn):
+        return "zero gradient", 0
+    d, evals = g / gn, 0
+    for _ in range(max_halvings):
+        xn = unit_norm(x + t * d)
+        fn, gn_ = activation(net, xn, neuron)
+        evals += 1
+        if fn > f:
+            return (xn, fn, gn_, t), evals
+        t *= 0.5
+    return "no ascent step", evals
+
+
 def ascend(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200, tol: float = 1e-6,
            t0: float = 0.5, max_halvings: int = 30) -> dict[str, Any]:
     """Projected gradient ascent on the unit sphere from ``x0`` with backtracking line search.
@@ -170,21 +188,12 @@ def ascend(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200, tol: 
     f, g = activation(net, x, neuron)
     f_start, t, it, evals, why = f, t0, 0, 1, "iterations"
     while it < iters:
-        gn = float(np.linalg.norm(g))
-        if gn == 0.0 or not np.isfinite(gn):
-            why = "zero gradient"
+        step, n = _ascent_step(net, x, f, g, neuron, t, max_halvings)
+        evals += n
+        if isinstance(step, str):
+            why = step
             break
-        d = g / gn
-        for _ in range(max_halvings):
-            xn = unit_norm(x + t * d)
-            fn, gn_ = activation(net, xn, neuron)
-            evals += 1
-            if fn > f:
-                break
-            t *= 0.5
-        else:
-            why = "no ascent step"
-            break
+        xn, fn, gn_, t = step
         it += 1
         gain = (fn - f) / max(abs(f), 1e-12)
         x, f, g = xn, fn, gn_
@@ -269,21 +278,12 @@ def ascend_smooth(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200
     f, g = activation(net, x, neuron)
     f_start, t, it, evals, why = f, t0, 0, 1, "iterations"
     while it < iters:
-        gn = float(np.linalg.norm(g))
-        if gn == 0.0 or not np.isfinite(gn):
-            why = "zero gradient"
+        step, n = _ascent_step(net, x, f, g, neuron, t, max_halvings)
+        evals += n
+        if isinstance(step, str):
+            why = step
             break
-        d = g / gn
-        for _ in range(max_halvings):
-            xn = unit_norm(x + t * d)
-            fn, _ = activation(net, xn, neuron)
-            evals += 1
-            if fn > f:
-                break
-            t *= 0.5
-        else:
-            why = "no ascent step"
-            break
+        xn, _, _, t = step
         x = unit_norm(gaussian_blur(xn, float(sig[it])))
         f, g = activation(net, x, neuron)
         evals += 1
