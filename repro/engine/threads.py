@@ -2,11 +2,17 @@
 
 BLAS and OpenMP read their thread counts once, when NumPy loads, so :func:`configure` runs at the
 top of the command line, before anything imports NumPy; the kernels' own pool follows
-``OMP_NUM_THREADS`` (``kernels/_parallel.py``).
+``OMP_NUM_THREADS`` (``kernels/_parallel.py``). Later changes of the BLAS thread count, for one
+block (:func:`single_threaded_blas`), go through threadpoolctl, which finds whichever BLAS NumPy
+loaded (OpenBLAS, MKL, BLIS) and sets it through that library's own call.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterator
+
+from threadpoolctl import ThreadpoolController  # no NumPy import: safe before configure()
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # ranks on this node, as launchers export it (MPICH/Hydra, Open MPI, Slurm)
@@ -76,3 +82,33 @@ def describe() -> str:
     """For the startup line: how many threads each rank uses and why."""
     n, source = configure()
     return f"{n} thread(s) per rank ({source}; REPRO_THREADS=N to change)"
+
+
+_BLAS: Any = None
+
+
+def _blas() -> Any:
+    """threadpoolctl's handle on the BLAS libraries loaded now; made once, on first use (after
+    NumPy loaded its BLAS), since finding the libraries walks every loaded shared object."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS calls run on one thread inside the block; the previous count is restored after.
+
+    For the kernels' thread pool, which already keeps every core busy: a multithreaded BLAS inside
+    each worker would oversubscribe them. The count is process-wide (OpenBLAS's "local" setter is
+    not thread-local in NumPy's pthreads build), hence set around the whole pool, not per worker.
+    Already at one thread, nothing is set: setting it back wakes OpenBLAS's threads, which then
+    spin on the cores the next call needs.
+    """
+    blas = _blas()
+    if max((lib["num_threads"] for lib in blas.info()), default=1) <= 1:
+        yield
+        return
+    with blas.limit(limits=1):
+        yield

@@ -8,14 +8,14 @@ in order on the calling thread.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import glob
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
+
+from repro.engine.threads import single_threaded_blas
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -37,59 +37,6 @@ def n_threads() -> int:
     if omp.isdigit() and int(omp) > 0:
         cores = min(cores, int(omp))
     return max(1, cores)
-
-
-_BLAS_PAIRS = (  # (get, set) of the BLAS thread count, as NumPy's OpenBLAS builds name them
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-)
-_BLAS_FNS: tuple | None = None
-
-
-def _blas_fns() -> tuple:
-    """(get, set) of the OpenBLAS that NumPy loaded, or () with another BLAS."""
-    global _BLAS_FNS
-    if _BLAS_FNS is None:
-        _BLAS_FNS = ()
-        libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
-        for path in libs:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for get_name, set_name in _BLAS_PAIRS:
-                if hasattr(lib, get_name) and hasattr(lib, set_name):
-                    get, set_ = getattr(lib, get_name), getattr(lib, set_name)
-                    get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-                    _BLAS_FNS = (get, set_)
-                    break
-            if _BLAS_FNS:
-                break
-    return _BLAS_FNS
-
-
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """BLAS calls run on one thread inside the block; the previous count is restored after.
-
-    The pool already keeps every core busy; a multithreaded BLAS inside each worker would
-    oversubscribe them. OpenBLAS's thread count is process-wide (its "local" setter is not
-    thread-local in NumPy's pthreads build: a first version set it in the pool's initializer and
-    left every later BLAS call of the process, the main thread's included, on one thread). With
-    another BLAS this does nothing and OPENBLAS/OMP_NUM_THREADS=1 is the user's lever.
-    """
-    fns = _blas_fns()
-    prev = fns[0]() if fns else 1
-    if prev <= 1:
-        yield
-        return
-    fns[1](1)
-    try:
-        yield
-    finally:
-        fns[1](prev)
 
 
 # NumPy ufuncs run non-contiguous operands through small buffers (np.getbufsize(), 8192 elements):
