@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke, one_line_error, run_mpi
+from repro.commands.export import META
 from repro.model.config import load_config
 from repro.model.network import param_names
 
@@ -41,7 +42,7 @@ def test_train_resume_equals_uninterrupted(tmp_path, data_root):
     for run in (full, part):
         assert invoke("export", "--checkpoint", run, "--out", run / "w.npz").exit_code == 0
     a, b = np.load(full / "w.npz"), np.load(part / "w.npz")
-    assert sorted(a.files) == sorted(param_names(load_config("mini")))  # W1 (and W2 unless tied) per stage
+    assert sorted(a.files) == sorted(param_names(load_config("mini")) + [META])  # W1 (and W2 unless tied) per stage
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     log = [json.loads(line) for line in (part / "train-log.jsonl").read_text().splitlines()]
@@ -57,7 +58,7 @@ def test_train_on_two_ranks_equals_one(tmp_path, data_root):
     for run in (one, two):
         assert invoke("export", "--checkpoint", run, "--out", run / "w.npz").exit_code == 0
     a, b = np.load(one / "w.npz"), np.load(two / "w.npz")
-    for k in a.files:
+    for k in param_names(load_config("mini")):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
     la = json.loads((one / "train.json").read_text())["last_loss"]
     lb = json.loads((two / "train.json").read_text())["last_loss"]
@@ -136,3 +137,19 @@ def test_diverging_training_stops_with_one_line(tmp_path, data_root):
     assert r.exit_code != 0 and "Traceback" not in r.output
     last = r.output.strip().splitlines()[-1]  # after the progress bar's last state
     assert last.startswith("Error: loss diverged at step") and "--lr" in last
+
+
+def test_export_carries_config_and_axes(trained, tmp_path):
+    out = tmp_path / "w.npz"
+    r = invoke("export", "--checkpoint", trained, "--out", out)
+    assert r.exit_code == 0, r.output
+    z = np.load(out, allow_pickle=False)  # plain numpy, nothing pickled
+    meta = json.loads(z[META].item())
+    assert meta["config"] == json.loads((trained / "config.json").read_text())
+    names = param_names(load_config("mini"))
+    assert sorted(z.files) == sorted(names + [META]) and sorted(meta["arrays"]) == sorted(names)
+    for n in names:
+        assert meta["arrays"][n]["axes"] == ["oy", "ox", "f", "c", "ky", "kx"]
+        assert tuple(meta["arrays"][n]["shape"]) == z[n].shape
+    assert meta["decoder"].startswith("tied") and meta["step"] == 18
+    assert "__meta__.json" in invoke("export", "--help").output
