@@ -216,3 +216,18 @@ def test_two_archives_sharing_a_folder_merge(tmp_path):
         extract(tmp_path / f"a{i}.tar", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out" / "shared").iterdir()) == ["f0.txt", "f1.txt"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["shared"]
+
+
+def test_tar_data_filter_is_a_second_line_of_defence(tmp_path, monkeypatch):
+    """With our own link check switched off, tarfile's data filter still refuses a link out of the
+    folder, and nothing is left behind."""
+    import repro.data.fetch as fetch_mod
+
+    if fetch_mod._DATA_FILTER is None:
+        pytest.skip("this Python's tarfile has no data filter")
+    monkeypatch.setattr(fetch_mod, "_check_link", lambda rel, target, archive, name, hard: rel)
+    monkeypatch.setattr(fetch_mod, "_inside", lambda path, root, archive, name: path)
+    arc = _tar_with(tmp_path, "evil.tar.gz", _link("ok/link", "/etc/passwd"))
+    with pytest.raises(ReproError, match="refused by tarfile's data filter") as ei:
+        extract(arc, tmp_path / "out")
+    assert "\n" not in ei.value.message and list((tmp_path / "out").iterdir()) == []

@@ -257,6 +257,13 @@ def _write_member(src, dest: Path, size: int, archive: Path, name: str) -> None:
         raise ReproError(f"{archive}: truncated archive (entry {name!r} has {n} of {size} bytes)")
 
 
+# tarfile's "data" filter (what ``extractall(filter="data")`` applies; Python 3.12, 3.11.4, 3.10.12
+# and later): refuses absolute names, ".." escapes, links out of the folder and device files by
+# itself. We extract member by member (streaming, with our own checks, which give the clearer
+# message), so each member also passes the filter: a second line of defence should ours miss.
+_DATA_FILTER = getattr(tarfile, "data_filter", None)
+
+
 def _extract_tar(archive: Path, tmp: Path) -> None:
     with tarfile.open(archive, "r:*") as tar:
         for m in tar:  # streaming: member list is read as we go (a truncation raises here)
@@ -264,6 +271,13 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
             if rel == PurePosixPath("."):
                 continue
             dest = _inside(tmp / rel, tmp, archive, m.name)
+            tgt = None
+            if m.issym():
+                _check_link(rel, m.linkname, archive, m.name, hard=False)
+            elif m.islnk():
+                tgt = _check_link(rel, m.linkname, archive, m.name, hard=True)
+            elif not (m.isdir() or m.isfile()):
+                raise ReproError(f"{archive}: entry {m.name!r} is a device or fifo; refusing to extract")
             if m.isdir():
                 dest.mkdir(parents=True, exist_ok=True)
             elif m.isfile():
@@ -271,19 +285,20 @@ def _extract_tar(archive: Path, tmp: Path) -> None:
                 assert f is not None
                 _write_member(f, dest, m.size, archive, m.name)
             elif m.issym():
-                _check_link(rel, m.linkname, archive, m.name, hard=False)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(m.linkname, dest)
                 _inside(dest, tmp, archive, m.name)
-            elif m.islnk():
-                tgt = _check_link(rel, m.linkname, archive, m.name, hard=True)
+            else:
                 src = tmp / tgt
                 if not src.is_file():
                     raise ReproError(f"{archive}: hard link {m.name!r} -> {m.linkname!r} has no earlier target")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dest)
-            else:
-                raise ReproError(f"{archive}: entry {m.name!r} is a device or fifo; refusing to extract")
+            if _DATA_FILTER is not None:  # after our checks (clearer messages); a refusal removes everything
+                try:
+                    _DATA_FILTER(m, str(tmp))
+                except tarfile.FilterError as e:
+                    raise ReproError(f"{archive}: entry {m.name!r} refused by tarfile's data filter ({e})") from None
 
 
 def _extract_zip(archive: Path, tmp: Path) -> None:
