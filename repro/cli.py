@@ -5,7 +5,6 @@ Launch the same commands with one rank (``repro train``) or many (``mpiexec -n 4
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import click
 
@@ -16,23 +15,24 @@ threads.configure()  # before NumPy loads: BLAS reads its thread count once
 
 from repro.commands import register  # noqa: E402
 from repro.engine import comm  # noqa: E402
-from repro.options import ReproGroup  # noqa: E402
-
-
-@dataclass
-class Obj:
-    """Shared state for every command (``ctx.obj``)."""
-
-    device: str = "auto"
+from repro.options import DEVICES, Obj, ReproGroup  # noqa: E402
 
 
 @click.group(cls=ReproGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="repro")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", envvar="REPRO_DEVICE",
-              show_default=True, help="Array backend: NumPy on CPU or CuPy on GPU (auto = GPU if CuPy sees one).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", envvar="REPRO_DEVICE", show_default=True,
+              help="Array backend of every command: NumPy on CPU or CuPy on GPU (auto = GPU if CuPy sees one); "
+              "a command's own --device wins ($REPRO_DEVICE).")
 @click.pass_context
 def cli(ctx: click.Context, device: str) -> None:
-    """Reproduce the cat-neuron experiment (Le et al. 2012) on a GPU or CPU cluster (Coates et al. 2013)."""
+    """Reproduce the cat-neuron experiment (Le et al. 2012) on a GPU or CPU cluster (Coates et al. 2013).
+
+    \b
+    Example: train, evaluate faces, draw the best neuron
+      repro train --out results/faces32
+      repro evaluate --checkpoint results/faces32
+      repro visualize best-neuron --checkpoint results/faces32
+    """
     ctx.obj = Obj(device=device)
 
 

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import sys
+from collections import Counter
 
+import click
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from conftest import invoke, one_line_error, run_mpi
+from repro.cli import cli
 from repro.commands.export import META
 from repro.model.config import load_config
 from repro.model.network import param_names
@@ -137,6 +144,95 @@ def test_diverging_training_stops_with_one_line(tmp_path, data_root):
     assert r.exit_code != 0 and "Traceback" not in r.output
     last = r.output.strip().splitlines()[-1]  # after the progress bar's last state
     assert last.startswith("Error: loss diverged at step") and "--lr" in last
+
+
+# ---------------------------------------------------------------- issue 18: terminal and files
+
+def walk(cmd: click.Command, path: tuple[str, ...] = ()):
+    """Every command under the group, with its path (``("visualize", "best-neuron")``)."""
+    yield path, cmd
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield from walk(sub, path + (name,))
+
+
+WORK_COMMANDS = [("train",), ("evaluate",), ("visualize", "best-neuron"), ("visualize", "invariance"), ("control",),
+                 ("scaling-sweep",), ("info",)]
+
+
+def test_every_option_of_every_command_has_help():
+    for path, cmd in walk(cli):
+        r = invoke(*path, "--help")
+        assert r.exit_code == 0, (path, r.output)
+        assert cmd.help, path
+        if path[:1] == ("data",):  # repro/commands/data.py is another change's: its options are its own tests'
+            continue
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                assert p.help and p.help.strip(), f"repro {' '.join(path)} {p.opts[0]}: no help text"
+        if path and not isinstance(cmd, click.Group):
+            assert "Example" in r.output, f"repro {' '.join(path)} --help shows no example"
+        if any("--root" in p.opts for p in cmd.params):
+            assert "$REPRO_DATA" in r.output, path
+
+
+def test_concept_default_agrees_between_commands():
+    defaults = {path: next(p.default for p in cmd.params if p.name == "concept")
+                for path, cmd in walk(cli) if any(p.name == "concept" for p in cmd.params)}
+    assert set(defaults) >= {("evaluate",), ("visualize", "best-neuron"), ("visualize", "invariance"), ("control",)}
+    assert set(defaults.values()) == {"faces"}, defaults
+
+
+@pytest.mark.parametrize("path", WORK_COMMANDS, ids=" ".join)
+def test_device_on_every_command_that_computes(path):
+    r = invoke(*path, "--device", "nope")
+    assert r.exit_code == 2 and "No such option" not in r.output and "'nope' is not one of" in r.output, r.output
+
+
+def test_command_device_wins_over_the_group():
+    runner = CliRunner()
+    plan = lambda *a: runner.invoke(cli, [*a, "--config", "mini"], catch_exceptions=False).output  # noqa: E731
+    assert "GPU kernels" in plan("--device", "gpu", "info") and "CPU kernels" in plan("--device", "cpu", "info")
+    assert "GPU kernels" in plan("--device", "cpu", "info", "--device", "gpu")
+    assert "CPU kernels" in plan("--device", "gpu", "info", "--device", "cpu")
+    r = runner.invoke(cli, ["info", "--config", "mini"], env={"REPRO_DEVICE": "gpu"}, catch_exceptions=False)
+    assert "GPU kernels" in r.output  # no --device anywhere: $REPRO_DEVICE, as before
+
+
+NUMBER = re.compile(r"\d[\d,.:]*\d|\d")
+
+
+def info_output(columns: str | None) -> str:
+    env = {"COLUMNS": columns}  # None: unset
+    r = CliRunner().invoke(cli, ["--device", "cpu", "info", "--config", "le2012", "--ranks", "16"], env=env,
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_info_tables_keep_every_number_at_any_width(tmp_path):
+    wide = info_output(None)  # not a terminal, no $COLUMNS: tables at their own width
+    assert invoke("info", "--config", "le2012", "--ranks", 16, "--json", tmp_path / "i.json").exit_code == 0
+    d = json.loads((tmp_path / "i.json").read_text())
+    last = d["per_rank"][15]
+    row = next(line for line in wide.splitlines() if line.lstrip().startswith("15 "))
+    assert "138:183, 138:183" in row and f"{last['total'] / 2**20:.1f}" in row  # one row, one line
+    assert "971,256,096" in wide and "86,803,488" in wide
+    numbers = Counter(NUMBER.findall(wide))
+    for columns in ("60", "80", "200"):
+        text = info_output(columns)
+        assert "…" not in text, columns
+        assert Counter(NUMBER.findall(text)) == numbers, columns  # none cut, folded or lost
+    for line in info_output("80").splitlines():
+        if "│" in line or "┃" in line:  # the tables themselves fit 80 columns
+            assert len(line) <= 80, line
+
+
+def test_info_piped_is_not_wrapped_at_80_columns():
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    p = subprocess.run([sys.executable, "-m", "repro.cli", "--device", "cpu", "info", "--config", "le2012", "--ranks",
+                        "16"], capture_output=True, text=True, env=env, check=True)
+    rows = [line for line in p.stdout.splitlines() if line.count("│") == 8]  # rank table: 9 cells on one line
+    assert len(rows) == 16, p.stdout
 
 
 def test_export_carries_config_and_axes(trained, tmp_path):

@@ -12,20 +12,20 @@ import click
 from repro.experiments.control import control as run_control
 from repro.experiments.evaluate import EvalOptions
 from repro.experiments.run import Run
-from repro.options import err_console, out_console
+from repro.options import concept_option, device_option, err_console, out_console, root_option
 
 
 @click.command("control")
 @click.option("--checkpoint", "run", required=True, help="The baseline run folder (a `repro train --out` folder).")
-@click.option("--concept", type=click.Choice(["bodies", "cats", "faces"]), default="faces", show_default=True,
-              help="Which concept both runs are evaluated on.")
+@concept_option("Which concept both runs are evaluated on.")
 @click.option("--data", default=None, help="The baseline's training data (manifest name or store folder); "
               "default: what the run recorded (RUN/data.json).")
 @click.option("--test-data", multiple=True, help="Test store(s) instead of the concept's (as `repro evaluate --data`).")
 @click.option("--split", default="test", show_default=True, help="Labeled split of the test stores (as `repro evaluate --split`).")
-@click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder ($REPRO_DATA).")
+@root_option
 @click.option("--layer", type=click.IntRange(0), default=None, help="Stage whose neurons compete (default: the top).")
-@click.option("--sublayer", type=click.Choice(["filter", "pool", "lcn"]), default="pool", show_default=True)
+@click.option("--sublayer", type=click.Choice(["filter", "pool", "lcn"]), default="pool", show_default=True,
+              help="Which units of the stage are the 'neurons' (as `repro evaluate --sublayer`).")
 @click.option("--max-steps", type=click.IntRange(1), default=None,
               help="Stop the control training after this many steps (run again to continue).")
 @click.option("--linear-filters", type=click.IntRange(1), default=10000, show_default=True,
@@ -33,10 +33,16 @@ from repro.options import err_console, out_console
 @click.option("--one-layer-steps", type=click.IntRange(0), default=None,
               help="Steps of the evaluation's one-layer baseline (default: the run's train.layer_steps).")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Evaluation seed (as `repro evaluate --seed`).")
+@device_option
 @click.pass_obj
 def control(obj, run, concept, data, test_data, split, root, layer, sublayer, max_steps, linear_filters,  # noqa: ANN001
             one_layer_steps, seed) -> None:
-    """Le et al.'s control: remove frames with faces (OpenCV) from the training data, retrain, compare."""
+    """Le et al.'s control: remove frames with faces (OpenCV) from the training data, retrain, compare.
+
+    \b
+    Example:
+      repro control --checkpoint results/faces32    # writes control/, control.json, .md
+    """
 
     console = err_console()
     r0 = Run.open(obj.device, run, None, root)

@@ -16,12 +16,11 @@ from rich.table import Table
 from repro import report
 from repro.experiments.evaluate import describe_test_set, EvalOptions, evaluate as run_eval, summary_rows
 from repro.experiments.run import Run
-from repro.options import err_console, figure_options, out_console
+from repro.options import concept_option, device_option, err_console, figure_options, out_console, print_table, root_option
 
 
 @click.command("evaluate")
-@click.option("--concept", type=click.Choice(["bodies", "cats", "faces"]), default="faces", show_default=True,
-              help="Which test set.")
+@concept_option("Which concept the neurons are tested on (its test set, unless --data names one).")
 @click.option("--checkpoint", "checkpoint", required=True,
               help="Run folder, its checkpoints folder, or one checkpoint folder (the latest is used).")
 @click.option("--config", "config_name", default=None,
@@ -36,7 +35,7 @@ from repro.options import err_console, figure_options, out_console
                    "or their aligned variants test-aligned / val-aligned where the data set has them.")
 @click.option("--train-data", default=None, help="Training data of the linear filters and the one-layer "
               "network (default: the data the run was trained on, RUN/data.json).")
-@click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder ($REPRO_DATA).")
+@root_option
 @click.option("--linear-filters", type=click.IntRange(1), default=10000, show_default=True,
               help="Linear filters sampled for each reading of that baseline (Le et al.: 100,000).")
 @click.option("--one-layer-steps", type=click.IntRange(0), default=None,
@@ -50,10 +49,18 @@ from repro.options import err_console, figure_options, out_console
 @click.option("--out", default=None, help="Where to write everything evaluate writes, the one-layer baseline's "
               "run included (default: the run folder).")
 @figure_options
+@device_option
 @click.pass_obj
 def evaluate(obj, concept, checkpoint, config_name, layer, sublayer, data, split, train_data, root,  # noqa: ANN001
              linear_filters, one_layer_steps, neuron_from, seed, batch, out, dpi, formats) -> None:
-    """Best single neuron for a concept vs guessing, a random network, linear filters and a one-layer network."""
+    """Best single neuron for a concept vs guessing, a random network, linear filters and a one-layer network.
+
+    \b
+    Examples:
+      repro evaluate --checkpoint results/faces32
+      repro evaluate --checkpoint results/faces32 --split val --linear-filters 1000
+      mpiexec -n 4 repro evaluate --checkpoint results/faces32 --device cpu
+    """
 
     console = err_console()
     run = Run.open(obj.device, checkpoint, config_name, root)
@@ -80,7 +87,7 @@ def print_summary(r: dict, out: Path) -> None:
                   report.paper_pct(co) or "")
     b = r["best_neuron"]
     con = out_console()
-    con.print(t)
+    print_table(con, t)
     con.print(f"best neuron {b['index']} = unit {b['unit']} of layer {b['layer']} {b['sublayer']}, "
               f"threshold {b['threshold']:.4g}; reports: {out / ('evaluate-' + r['concept'] + '.json')}, "
               f".md, {', '.join(r['histogram']['files'])}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import click
@@ -22,7 +21,7 @@ from repro.experiments.scaling import (PAPER, Link, Point, add_efficiency, fmt_e
                                        sweep, sweep_document)
 from repro.experiments.scaling import project as project_paper  # the command's --project flag is "project"
 from repro.model.memory import human
-from repro.options import figure_options
+from repro.options import device_option, figure_options, out_console, print_table
 
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -88,12 +87,20 @@ def _bytes(ctx: click.Context, param: click.Parameter, value: str | None) -> int
               help="--largest: fraction of that memory the estimate may take (a measured update may exceed its "
                    "estimate; allocators fragment).")
 @figure_options
+@device_option
 @click.pass_obj
 def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repeat, threads, timeout, out, breakdown,  # noqa: ANN001
                   project, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family,
                   largest, memory, fill, dpi, formats) -> None:
-    """Weak and strong scaling of the fine-tuning update (each point its own mpiexec launch), or --project."""
-    con = Console(width=None if sys.stdout.isatty() else 150)  # wide tables also when piped to a file
+    """Weak and strong scaling of the fine-tuning update (each point its own mpiexec launch), or --project.
+
+    \b
+    Examples:
+      repro scaling-sweep --ranks 1,2,4 --sizes 1,2 --out results/scaling
+      repro scaling-sweep --largest --ranks 1,2 --memory 16GiB
+      repro scaling-sweep --project --from results/scaling/sweep.json
+    """
+    con = out_console()
     outdir = Path(out)
     if project:
         _project(con, outdir, from_json, gflops, bandwidth_gbps, latency_us, ranks_per_link, project_family)
@@ -116,30 +123,31 @@ def scaling_sweep(obj, ranks, sizes, mode, weak_base, family, batch, steps, repe
         plot(points, outdir / f"sweep.{fmt}", f"{family} family, {doc['device']}, batch {batch}, {threads} thread(s)/rank",
              dpi=dpi)
     atomic.write_text(outdir / "README.md", markdown(doc))
-    _print_points(con, points)
+    _print_points(con, points, outdir)
     if breakdown:
         weak = [p for p in points if p["mode"] == "weak"] or points
         p = max(weak, key=lambda q: (q["ranks"], q["size"]))
         b = p["breakdown_rank0"]
         bd = Breakdown([(r["stage"], r["phase"], r["op"], r["seconds"], r["calls"]) for r in b["rows"]],
                        b["update_s"], b["optimizer_s"])
-        con.print(bd.table(f"rank 0 of {p['ranks']}, {p['config']} ({p['parameters_W1'] / 1e6:.1f}M W1), "
+        print_table(con, bd.table(f"rank 0 of {p['ranks']}, {p['config']} ({p['parameters_W1'] / 1e6:.1f}M W1), "
                            f"batch {batch}: one fine-tuning update"))
     con.print(f"wrote {outdir / 'sweep.json'}, {outdir / 'sweep.png'}, {outdir / 'README.md'}")
 
 
-def _print_points(con: Console, points: list[dict]) -> None:
+def _print_points(con: Console, points: list[dict], outdir: Path) -> None:
+    # headers of short words, which wrap, and the rarer columns left to README.md: 80 columns suffice
     t = Table(title="fine-tuning update: scaling")
-    for c in ("mode", "ranks", "size", "W1 params", "ms/update", "images/s", "GFLOP/s/rank", "comm", "peak/rank",
-              "est./rank", "efficiency", "weak eff./work"):
+    for c in ("mode", "ranks", "size", "W1 params", "ms per update", "images per s", "GF/s per rank", "comm",
+              "peak MiB per rank", "eff."):
         t.add_column(c, justify="left" if c == "mode" else "right")
     for p in points:
         t.add_row(p["mode"], str(p["ranks"]), f"x{p['size']}", f"{p['parameters_W1'] / 1e6:.2f}M",
                   fmt_ms(p), f"{p['images_per_s']:.1f}", f"{p['gflops_per_rank']:.2f}",
-                  f"{100 * p['comm_share']:.1f}%", f"{p['peak_bytes'] / 2**20:.1f} MiB",
-                  f"{p['estimate_bytes'] / 2**20:.1f} MiB", fmt_efficiency(p),
-                  f"{p['efficiency_work']:.2f}" if "efficiency_work" in p else "")
-    con.print(t)
+                  f"{100 * p['comm_share']:.1f}%", f"{p['peak_bytes'] / 2**20:.1f}", fmt_efficiency(p))
+    print_table(con, t)
+    con.print(f"[dim]GF/s = GFLOP/s of the LC GEMMs; comm = share of the update in communication; eff. = "
+              f"parallel efficiency; estimated memory and weak efficiency per work: {outdir / 'README.md'}[/dim]")
 
 
 def _largest(con: Console, outdir: Path, ranks: list[int], family: str, batch: int, steps: int, threads: int,
@@ -153,20 +161,20 @@ def _largest(con: Console, outdir: Path, ranks: list[int], family: str, batch: i
     doc = largest_document(points, family, batch, steps, threads)
     atomic.write_json(outdir / "largest.json", doc)
     t = Table(title=f"largest {family} network per rank count that fits, {doc['device_name']}, batch {batch}")
-    for c in ("ranks", "input", "W1 params", "memory/rank", "estimate/rank", "peak/rank", "ms/update", "images/s",
-              "GFLOP/s", "GFLOP/s/rank", "comm"):
+    for c in ("ranks", "input", "W1 params", "memory per rank", "est. per rank", "peak per rank", "ms per update",
+              "images per s", "GF/s per rank", "comm"):
         t.add_column(c, justify="right")
     for p in points:
         n = p["parameters_W1"]
         t.add_row(str(p["ranks"]), f"{p['input_size'][0]}x{p['input_size'][1]}",
                   f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M",
                   human(p["memory_bytes"]), human(p["estimate_bytes"]), human(p["peak_bytes"]),
-                  f"{p['update_s'] * 1e3:.1f}", f"{p['images_per_s']:.1f}",
-                  f"{p['gflops_per_rank'] * p['ranks']:.1f}", f"{p['gflops_per_rank']:.1f}",
+                  f"{p['update_s'] * 1e3:.1f}", f"{p['images_per_s']:.1f}", f"{p['gflops_per_rank']:.1f}",
                   f"{100 * p['comm_share']:.1f}%")
-    con.print(t)
-    con.print(f"[dim]memory/rank: {points[0]['memory_source']}; the estimate may take {fill:.0%} of it "
-              "(--fill). GFLOP/s: LC GEMM work of one update over its time.[/dim]")
+    print_table(con, t)
+    con.print(f"[dim]memory per rank: {points[0]['memory_source']}; the estimate may take {fill:.0%} of it "
+              "(--fill). GF/s: GFLOP/s, the LC GEMM work of one update over its time (x ranks for the whole "
+              "job).[/dim]")
     con.print(f"wrote {outdir / 'largest.json'}")
 
 
@@ -186,15 +194,15 @@ def _project(con: Console, outdir: Path, from_json: str | None, gflops: float | 
     pts = project_paper(link, family)
     t = Table(title=f"projected fine-tuning update ({source}: {link.gflops:.1f} GFLOP/s per rank, "
                     f"{link.bandwidth_gbps:.1f} Gbit/s / {link.ranks_per_link}, {link.latency_us:.1f} us)")
-    for c in ("ranks", "W1 params", "input", "compute ms", "comm ms", "update ms", "vs 1 rank", "images/s",
-              "halo MB/rank", "msgs", "throughput x"):
+    for c in ("ranks", "W1 params", "input", "compute ms", "comm ms", "update ms", "update vs 1 rank", "images per s",
+              "halo MB per rank", "msgs", "images/s vs 1 rank"):
         t.add_column(c, justify="right")
     for p in pts:
         t.add_row(str(p["ranks"]), f"{p['parameters_W1'] / 1e9:.2f}B", f"{p['input_size'][0]}x{p['input_size'][1]}",
                   f"{p['compute_s'] * 1e3:.1f}", f"{p['comm_s'] * 1e3:.1f}", f"{p['update_s'] * 1e3:.1f}",
                   f"{p['time_vs_1']:.2f}x", f"{p['images_per_s']:.0f}", f"{p['halo_bytes'] / 1e6:.1f}",
-                  str(p["messages"]), f"{p['throughput_x']:.1f}")
-    con.print(t)
+                  str(p["messages"]), f"{p['throughput_x']:.1f}x")
+    print_table(con, t)
     con.print(f"paper (Coates et al. 2013): 185M parameters on 1 GPU -> 11.2B on 64 GPUs; {PAPER['note']}; "
               f"up to {PAPER['max_throughput_x']:.0f}x throughput.")
     con.print("[dim]model: compute = the busiest rank's LC GEMM FLOPs / rate (pooling, LCN, elementwise and "

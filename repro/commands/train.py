@@ -7,35 +7,50 @@ from repro.engine.stop import exit_code
 from repro.experiments.run import open_session, training_store
 from repro.experiments.train import (check_memory, check_run_folder, check_same_data, prepare_run_folder, resolve_config,
                                      train as run_training, training_data_for)
-from repro.options import err_console, out_console
+from repro.options import device_option, err_console, out_console, root_option
 
 
 @click.command("train")
 @click.option("--config", "config_name", default=None, help="Built-in config (faces32, mini, le2012) or .toml path.  [default: faces32]")
-@click.option("--data", default=None, help="Dataset (manifest name or store folder); default: the config's.")
-@click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder.")
+@click.option("--data", default=None, help="Dataset (manifest name or store folder); default: the config's. "
+              "Built-in sets (pypi-faces, mini) are built on first use.")
+@root_option
 @click.option("--out", "out", default=None, help="Run folder (default results/<timestamp>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, with its own "
               "config and training data (overrides that would change them are refused).")
 @click.option("--force", is_flag=True, help="Replace the run that --out already holds (its checkpoints and reports).")
 @click.option("--max-steps", type=click.IntRange(1), default=None,
               help="Stop at this step of the whole schedule (counted from the run's start; resume later).")
-@click.option("--layer-steps", type=click.IntRange(0), default=None, help="Greedy steps per stage.")
-@click.option("--finetune-steps", type=click.IntRange(0), default=None, help="Joint fine-tuning steps afterwards.")
-@click.option("--batch", type=click.IntRange(1), default=None, help="Minibatch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adagrad"]), default=None)
+@click.option("--layer-steps", type=click.IntRange(0), default=None, help="Greedy steps per stage (default: the config's).")
+@click.option("--finetune-steps", type=click.IntRange(0), default=None,
+              help="Joint fine-tuning steps of all stages after the greedy ones (default: the config's).")
+@click.option("--batch", type=click.IntRange(1), default=None, help="Minibatch size (default: the config's).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate (default: the config's).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adagrad"]), default=None,
+              help="sgd (with momentum) or adagrad (default: the config's).")
 @click.option("--seed", type=click.IntRange(0), default=None,
               help="Seed of the initial weights and the data order (default: the config's).")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Steps between checkpoints.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None,
+              help="Steps between checkpoints (default: the config's).")
 @click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints to keep (newest).")
 @click.option("--progress-every", type=click.FloatRange(0.1), default=30.0, show_default=True,
               envvar="REPRO_PROGRESS_EVERY",
-              help="Seconds between progress lines when stderr is not a terminal (batch logs, mpiexec).")
+              help="Seconds between progress lines when stderr is not a terminal (batch logs, mpiexec) "
+              "($REPRO_PROGRESS_EVERY).")
+@device_option
 @click.pass_obj
 def train(obj, config_name, data, root, out, resume, force, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
           optimizer, seed, checkpoint_every, keep, progress_every) -> int:
-    """Train a network (default: faces32 on the built-in pypi-faces data) on any number of MPI ranks, CPU or GPU."""
+    """Train a network (default: faces32 on the built-in pypi-faces data) on any number of MPI ranks, CPU or GPU.
+
+    \b
+    Examples:
+      repro train --out results/faces32
+      repro train --config mini --layer-steps 200 --out results/mini
+      mpiexec -n 4 repro train --device cpu --out results/r4
+      repro train --out results/faces32 --resume
+    """
     if resume and out is None:
         raise click.BadParameter("--resume needs --out RUN (the run to continue)", param_hint="--resume")
     if resume and force:
@@ -67,3 +82,4 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
                           f"with a checkpoint there; continue with: repro train --out {session.run} --resume")
         return exit_code(summary["stopped_by"])
     return 0
+

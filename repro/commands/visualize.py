@@ -9,7 +9,8 @@ import click
 import numpy as np
 
 from repro.errors import ReproError
-from repro.options import ReproGroup, err_console, figure_options, out_console
+from repro.options import (ReproGroup, concept_option, device_option, err_console, figure_options, out_console,
+                           root_option)
 
 
 def _evaluated_test_set(run: Path, concept: str) -> list[str] | None:
@@ -30,16 +31,16 @@ def neuron_options(f: Any) -> Any:
                      help="Run folder (its latest checkpoint; results go there) or one checkpoint folder."),
         click.option("--config", "config_name", default=None,
                      help="Config the checkpoint must match (built-in name or .toml); default: its own."),
-        click.option("--concept", type=click.Choice(["bodies", "cats", "faces"]), default="faces", show_default=True,
-                     help="Whose best neuron: read from RUN/evaluate-<concept>.json."),
+        concept_option("Whose best neuron: read from RUN/evaluate-<concept>.json (written by `repro evaluate`)."),
         click.option("--layer", type=click.IntRange(0), default=None, help="Override: stage index of the neuron."),
         click.option("--sublayer", type=click.Choice(["filter", "pool", "lcn"]), default=None, help="Override: sublayer."),
         click.option("--index", type=click.IntRange(0), default=None, help="Override: flat index into (map, row, col)."),
         click.option("--data", multiple=True, help="Test store(s) instead of the evaluation's (name or folder; repeatable)."),
         click.option("--split", default=None, help="Labeled split of the test stores (default: the one the "
                      "evaluation used, else test)."),
-        click.option("--root", default="data", envvar="REPRO_DATA", show_default=True, help="Data root folder ($REPRO_DATA)."),
+        root_option,
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of random starts / choices / the reference network."),
+        device_option,
     ]):
         f = opt(f)
     return f
@@ -63,7 +64,13 @@ def _setup(obj: Any, run: str, config_name: Any, concept: str, layer: Any, subla
 
 @click.group("visualize", cls=ReproGroup)
 def visualize() -> None:
-    """Pictures of the best neuron: top test images, optimal stimulus, invariance curves."""
+    """Pictures of the best neuron: top test images, optimal stimulus, invariance curves.
+
+    \b
+    Examples:
+      repro visualize best-neuron --checkpoint results/faces32
+      repro visualize invariance --checkpoint results/faces32 --faces 20
+    """
 
 
 @visualize.command("best-neuron")
@@ -82,7 +89,13 @@ def visualize() -> None:
 def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, split, root, seed, iters, k,  # noqa: ANN001
                 prior, blur_sigma, dpi, formats) -> None:
     """The 48 test images that excite the neuron most, and its optimal stimulus (||x||_2 = 1);
-    with --prior smooth also the stimulus under a Gaussian-blur prior."""
+    with --prior smooth also the stimulus under a Gaussian-blur prior.
+
+    \b
+    Examples:
+      repro visualize best-neuron --checkpoint results/faces32
+      repro visualize best-neuron --checkpoint results/faces32 --prior smooth --format pdf
+    """
     from repro.experiments.visualize import SMOOTH_SIGMA, best_neuron as run_best
 
     if blur_sigma is not None and prior != "smooth":
@@ -113,7 +126,12 @@ def best_neuron(obj, run, config_name, concept, layer, sublayer, index, data, sp
 @click.pass_obj
 def invariance(obj, run, config_name, concept, layer, sublayer, index, data, split, root, seed, faces,  # noqa: ANN001
                rotating, dpi, formats) -> None:
-    """Mean response to test faces under scaling, translation and rotation, vs a random network."""
+    """Mean response to test faces under scaling, translation and rotation, vs a random network.
+
+    \b
+    Example:
+      repro visualize invariance --checkpoint results/faces32 --faces 20
+    """
     from repro.experiments.invariance import ANGLE_RE, invariance as run_inv
 
     session, net, neuron, store, console, ev = _setup(obj, run, config_name, concept, layer, sublayer, index, data,
