@@ -231,3 +231,56 @@ def test_tar_data_filter_is_a_second_line_of_defence(tmp_path, monkeypatch):
     with pytest.raises(ReproError, match="refused by tarfile's data filter") as ei:
         extract(arc, tmp_path / "out")
     assert "\n" not in ei.value.message and list((tmp_path / "out").iterdir()) == []
+
+
+def _unpinned(tmp_path: Path, name: str = "dl") -> tuple[Path, Path]:
+    arc = _tgz(tmp_path)
+    m = write_manifest(tmp_path / f"{name}.toml", name,
+                       files=[{"name": arc.name, "url": "", "sha256": "", "size": 0, "extract": True}],
+                       sources=[{"split": "test", "label": 1, "glob": "pics/**/*.png"}])
+    m.write_text(m.read_text().replace('sha256 = ""', 'sha256 = ""   # not pinned yet'))
+    return arc, m
+
+
+def test_fetch_pin_writes_your_manifest_copy_and_verify_checks_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("REPRO_MANIFESTS", raising=False)
+    arc, m = _unpinned(tmp_path)
+    root = tmp_path / "root"
+    r = CliRunner().invoke(cli, ["data", "fetch", str(m), "--from", str(arc), "--root", str(root)])
+    assert r.exit_code == 0 and "not pinned" in r.output and "--pin" in r.output
+    assert CliRunner().invoke(cli, ["data", "prepare", str(m), "--root", str(root)]).exit_code == 0
+    r = CliRunner().invoke(cli, ["data", "verify", str(m), "--root", str(root)])
+    assert r.exit_code == 0, r.output
+    assert "sha256 not pinned" in r.output and "1 file(s) unpinned" in r.output
+    r = CliRunner().invoke(cli, ["data", "fetch", str(m), "--from", str(arc), "--root", str(root), "--pin"])
+    assert r.exit_code == 0, r.output
+    copy = root / "manifests" / "dl.toml"
+    assert f"pinned in {copy}" in r.output.replace("\n", "")
+    text = copy.read_text()
+    assert f'sha256 = "{_sha(arc)}"' in text and f"size = {arc.stat().st_size}" in text
+    assert 'description = "test data"' in text and "not pinned yet" not in text
+    assert 'sha256 = ""' in m.read_text()  # the manifest you gave stays as it was
+    # by name, the copy under ROOT/manifests is found, and verify now checks the hash
+    r = CliRunner().invoke(cli, ["data", "verify", "dl", "--root", str(root)])
+    assert r.exit_code == 0 and "unpinned" not in r.output, r.output
+    raw = root / "raw" / "dl" / arc.name
+    data = raw.read_bytes()
+    raw.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    r = CliRunner().invoke(cli, ["data", "verify", "dl", "--root", str(root)])
+    assert r.exit_code == 1 and "sha256 mismatch" in r.output
+
+
+def test_fetch_pin_into_repro_manifests(tmp_path, monkeypatch):
+    arc, m = _unpinned(tmp_path)
+    own = tmp_path / "own"
+    own.mkdir()
+    monkeypatch.setenv("REPRO_MANIFESTS", str(own))
+    root = tmp_path / "root"
+    r = CliRunner().invoke(cli, ["data", "fetch", str(m), "--from", str(arc), "--root", str(root), "--pin"])
+    assert r.exit_code == 0, r.output
+    assert _sha(arc) in (own / "dl.toml").read_text() and not (root / "manifests").exists()
+    r = CliRunner().invoke(cli, ["data", "fetch", "dl", "--from", str(arc), "--root", str(root), "--pin"])
+    assert r.exit_code == 0 and "pinned already" in r.output, r.output
+    loc = write_manifest(tmp_path / "loc.toml", "loc", kind="local", sources=[{"split": "test", "label": 1, "glob": "*"}])
+    r = CliRunner().invoke(cli, ["data", "fetch", str(loc), "--from", str(tmp_path), "--root", str(root), "--pin"])
+    assert r.exit_code == 1 and r.output.startswith("Error: --pin:") and "Traceback" not in r.output

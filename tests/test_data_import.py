@@ -50,6 +50,13 @@ def test_import_labels_and_store(tiny) -> None:
     assert r.exit_code == 0, r.output
     st = open_store(root / "prepared" / "multi" / "test")
     assert st.shape == (24, 24, 3) and sorted(set(st.labels.tolist())) == [0, 1, 2]
+    # the run wants 32x32 grey: the error names the import that makes it, and that import goes beside
+    one_line_error(invoke("evaluate", "--checkpoint", run, "--root", root, "--data", "multi"),
+                   "24x24x3", "wants 32x32x1", f"repro data import {d / 'photos'} --name multi --size 32 32")
+    r = invoke("data", "import", d / "photos", "--name", "multi", "--size", 32, 32, "--root", root)
+    assert r.exit_code == 0, r.output
+    assert open_store(root / "prepared" / "multi@32x32" / "test").shape == (32, 32)
+    assert open_store(root / "prepared" / "multi" / "test").shape == (24, 24, 3)
     one_line_error(invoke("evaluate", "--checkpoint", run, "--root", root, "--data", "multi"), "multi-class")
 
 

@@ -64,7 +64,9 @@ def test_prepare_colour_and_size_override(tmp_path):
     r = CliRunner().invoke(cli, ["data", "prepare", str(m), "--from", str(src), "--size", "8", "12",
                                  "--root", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
-    st = open_store(tmp_path / "r" / "prepared" / "toy" / "test")
+    # not the manifest's size: beside its folder, named by size and channels
+    assert not (tmp_path / "r" / "prepared" / "toy").exists()
+    st = open_store(tmp_path / "r" / "prepared" / "toy@8x12x3" / "test")
     assert st.shape == (8, 12, 3) and st.channels == 3
 
 

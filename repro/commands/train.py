@@ -79,7 +79,7 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
     name = training_data_for(session.run, data, cfg, resume)
     announced = session.w.is_root and announce_builtin(name, root, console)
     # the line above replaces the builder's own note, so that it is said once
-    store = training_store(session, name, root, None if announced else console)
+    store = training_store(session, name, root, None if announced else console, cfg)
     cfg.check_image_shape(tuple(store.shape), str(store.path))
     if resume:
         check_same_data(session, store, console)

@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from repro import atomic
 from repro.data import pypi
 from repro.data.manifest import FileSpec, Manifest
 from repro.errors import ReproError
@@ -327,12 +329,43 @@ def raw_dir(root: Path, name: str) -> Path:
     return Path(root) / "raw" / name
 
 
+SOURCE = "source.json"
+
+
+def record_source(root: Path, name: str, path: Path, by: str) -> Path:
+    """Remember where NAME's inputs are (``fetch --from`` / ``prepare --from``), so that a later
+    ``prepare`` (another size, another ``--video-every``) reads the same folder without being told."""
+    sj = raw_dir(root, name) / SOURCE
+    atomic.write_json(sj, {"path": str(Path(path).resolve()), "recorded_by": by,
+                           "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return sj
+
+
+def recorded_source(root: Path, name: str) -> Path | None:
+    """The folder or list recorded for NAME, None when none was; a broken record is one line."""
+    sj = raw_dir(root, name) / SOURCE
+    if not sj.is_file():
+        return None
+    try:
+        rec = json.loads(sj.read_text(encoding="utf-8"))
+        p = Path(rec["path"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReproError(f"{sj}: unreadable source record ({e.__class__.__name__}); run "
+                         f"`repro data prepare {name} --from FOLDER` again") from None
+    if not p.exists():
+        raise ReproError(f"{p}: recorded source of '{name}' ({sj}) no longer exists; give another with "
+                         f"`repro data prepare {name} --from FOLDER`")
+    return p
+
+
 def _marker(raw: Path, f: FileSpec) -> Path:
     return raw / f".{f.name}.extracted"
 
 
-def fetch(m: Manifest, root: Path, from_path: Path | None = None, console: Console | None = None) -> list[str]:
-    """Get every raw file of ``m`` into ``<root>/raw/<name>/``; returns human lines of what happened."""
+def fetch(m: Manifest, root: Path, from_path: Path | None = None, console: Console | None = None,
+          seen: dict[str, tuple[str, int]] | None = None) -> list[str]:
+    """Get every raw file of ``m`` into ``<root>/raw/<name>/``; returns human lines of what happened.
+    ``seen`` receives (sha256, size) of every file whose sha256 the manifest does not pin."""
     console = console or Console(stderr=True)
     raw = raw_dir(root, m.name)
     notes: list[str] = []
@@ -347,9 +380,8 @@ def fetch(m: Manifest, root: Path, from_path: Path | None = None, console: Conso
                              f"run `repro data fetch {m.name} --from FOLDER_OR_LIST`")
         if not from_path.exists():
             raise ReproError(f"{from_path}: no such file or folder")
-        raw.mkdir(parents=True, exist_ok=True)
-        (raw / "source.json").write_text(json.dumps({"path": str(from_path.resolve())}))
-        return [f"{m.name}: will read {from_path.resolve()} (recorded in {raw / 'source.json'})"]
+        sj = record_source(root, m.name, from_path, "fetch --from")
+        return [f"{m.name}: will read {from_path.resolve()} (recorded in {sj})"]
     if from_path is not None and not from_path.exists():
         raise ReproError(f"{from_path}: no such file or folder")
     for f in m.files:
@@ -369,7 +401,11 @@ def fetch(m: Manifest, root: Path, from_path: Path | None = None, console: Conso
             raise ReproError(f"{m.path}: file {f.name!r} has no URL (manual download: see the manifest's "
                              f"description); run `repro data fetch {m.name} --from PATH`")
         if not f.sha256:
-            notes.append(f"{f.name}: sha256 not pinned in the manifest; got {sha256_file(dest)}")
+            got = sha256_file(dest)
+            if seen is not None:
+                seen[f.name] = (got, dest.stat().st_size)
+            notes.append(f"{f.name}: sha256 not pinned in the manifest; got {got} "
+                         f"(`repro data fetch {m.name} --pin` pins it)")
         if f.extract and not _marker(raw, f).is_file():
             extract(dest, raw)
             _marker(raw, f).write_text(sha256_file(dest))
@@ -405,3 +441,11 @@ def verify_raw(m: Manifest, root: Path) -> list[str]:
         elif f.size and p.stat().st_size != f.size:
             problems.append(f"{p}: size {p.stat().st_size}, manifest says {f.size}")
     return problems
+
+
+def unpinned(m: Manifest, root: Path) -> list[str]:
+    """One line per raw file present whose sha256 the manifest leaves empty: nothing checks its content."""
+    raw = raw_dir(root, m.name)
+    return [f"{raw / f.name}: sha256 not pinned in {m.path or m.name}, so its content is not checked; "
+            f"`repro data fetch {m.name} --pin` pins the hash it sees" for f in m.files
+            if not f.sha256 and (raw / f.name).is_file()]

@@ -16,8 +16,10 @@ from typing import Any
 
 from rich.console import Console
 
+from repro.data.locate import norm_shape, shape_of, store_shape, tag
 from repro.data.manifest import Manifest, PrepareSpec
 from repro.data.prepare import IMAGE_EXTS, Item, prepare_split, prepared_dir
+from repro.data.store import is_complete
 from repro.errors import ReproError
 
 
@@ -34,11 +36,19 @@ def classes_of(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
+def _folder(root: Path, name: str, split: str, shape: tuple[int, ...]) -> Path:
+    """``prepared/NAME/SPLIT``, unless a store of another size is there: then ``NAME@HxW/SPLIT``
+    beside it (an import at a second size keeps the first, as ``prepare`` does)."""
+    plain = prepared_dir(root, name) / split
+    have = store_shape(plain) if is_complete(plain) else None
+    return plain if have is None or have == norm_shape(shape) else prepared_dir(root, f"{name}@{tag(shape)}") / split
+
+
 def import_folder(folder: Path, name: str, root: Path, size: tuple[int, int], positive: str | None = None,
                   grey: bool = True, crop: str = "center", split: str = "test", skip_bad: bool = False,
                   workers: int | None = None, console: Console | None = None) -> dict[str, Any]:
     """Write ``<root>/prepared/<name>/<split>`` from ``folder``; returns a summary."""
-    if not name or "/" in name or name.startswith("."):
+    if not name or "/" in name or "@" in name or name.startswith("."):
         raise ReproError(f"--name: a plain data set name, got {name!r}")
     if min(size) <= 0:
         raise ReproError(f"--size: must be two positive integers, got {size[0]} {size[1]}")
@@ -57,7 +67,7 @@ def import_folder(folder: Path, name: str, root: Path, size: tuple[int, int], po
     m = Manifest(name=name, role="test", kind="local", description=f"imported from {folder}", licence="",
                  citation="", path=None, concept=positive or "")
     spec = PrepareSpec(size=(size[0], size[1]), grey=grey, crop=crop, shard_size=4096, seed=0)
-    out = prepared_dir(root, name) / split
+    out = _folder(root, name, split, shape_of(size, grey))
     info = {"imported_from": str(folder.resolve()), "classes": names, "labels": label, "positive": positive}
     try:
         _, s = prepare_split(m, items, out, spec, split, skip_bad=skip_bad, workers=workers, console=console,

@@ -37,9 +37,10 @@ Schema (fields marked * are required)::
     list = "negatives.txt"              # alternatively a text file listing paths, one per line
 
 Lookup: a NAME is ``<dir>/<NAME>.toml`` in ``$REPRO_MANIFESTS`` if set and the file is there (your
-own manifests, or your edited copy of a shipped one), else in ``repro/data_manifests/``, shipped
-with the package (package data in setup.cfg; ``data_manifests/`` at the repository root points
-there).
+own manifests, or your edited copy of a shipped one), else in ``ROOT/manifests/`` (the copies
+``repro data fetch NAME --pin`` writes when ``$REPRO_MANIFESTS`` is unset), else in
+``repro/data_manifests/``, shipped with the package (package data in setup.cfg; ``data_manifests/``
+at the repository root points there).
 """
 from __future__ import annotations
 
@@ -66,23 +67,26 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data_manifests"  # shipped with the package
 
 
-def manifest_dirs() -> list[Path]:
+def manifest_dirs(root: str | os.PathLike | None = None) -> list[Path]:
     """Where NAMEs resolve, first match wins: ``$REPRO_MANIFESTS`` (your own manifests, which may
-    override a shipped one by name), then the manifests shipped in the package."""
+    override a shipped one by name), then ``ROOT/manifests`` (where ``repro data fetch --pin``
+    writes when ``$REPRO_MANIFESTS`` is unset; only when the data root is known), then the
+    manifests shipped in the package."""
     env = os.environ.get("REPRO_MANIFESTS")
-    return ([Path(env)] if env else []) + [BUILTIN_DIR]
+    own = [Path(root) / "manifests"] if root is not None and (Path(root) / "manifests").is_dir() else []
+    return ([Path(env)] if env else []) + own + [BUILTIN_DIR]
 
 
-def manifests_dir() -> Path:
+def manifests_dir(root: str | os.PathLike | None = None) -> Path:
     """The first of :func:`manifest_dirs` (what `repro data list` names in its title)."""
-    return manifest_dirs()[0]
+    return manifest_dirs(root)[0]
 
 
-def available() -> list[Path]:
-    """All manifest files that ``repro data list`` shows (a name in ``$REPRO_MANIFESTS`` hides the
-    shipped one of that name)."""
+def available(root: str | os.PathLike | None = None) -> list[Path]:
+    """All manifest files that ``repro data list`` shows (a name found earlier in
+    :func:`manifest_dirs` hides a later one of that name)."""
     seen: dict[str, Path] = {}
-    for d in manifest_dirs():
+    for d in manifest_dirs(root):
         for p in sorted(d.glob("*.toml")) if d.is_dir() else []:
             seen.setdefault(p.stem, p)
     return sorted(seen.values(), key=lambda p: p.stem)
@@ -254,17 +258,17 @@ def parse(data: dict[str, Any], path: Path | None, stem: str | None = None) -> M
     return m
 
 
-def load(name_or_path: str | os.PathLike) -> Manifest:
-    """Load a manifest by NAME (from the manifests dir) or by path to a ``.toml`` file."""
+def load(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Manifest:
+    """Load a manifest by NAME (from :func:`manifest_dirs`) or by path to a ``.toml`` file."""
     s = str(name_or_path)
     looks_like_path = s.endswith(".toml") or os.sep in s or "/" in s
     if looks_like_path:
         path = Path(s)
     else:
-        path = next((d / f"{s}.toml" for d in manifest_dirs() if (d / f"{s}.toml").is_file()),
-                    manifests_dir() / f"{s}.toml")
+        path = next((d / f"{s}.toml" for d in manifest_dirs(root) if (d / f"{s}.toml").is_file()),
+                    manifests_dir(root) / f"{s}.toml")
         if not path.is_file():
-            names = ", ".join(p.stem for p in available()) or "none"
+            names = ", ".join(p.stem for p in available(root)) or "none"
             raise ReproError(f"{path}: no such manifest (known: {names})")
     try:
         text = path.read_bytes().decode("utf-8")

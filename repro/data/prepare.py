@@ -23,8 +23,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from repro.data import builtin, video
-from repro.data.fetch import raw_dir
+from repro.data import builtin, locate, video
+from repro.data.fetch import SOURCE, raw_dir, record_source, recorded_source
 from repro.data.manifest import Manifest, PrepareSpec, load
 from repro.data.store import StoreWriter, is_complete, open_store
 from repro.errors import ReproError
@@ -46,8 +46,11 @@ def prepared_dir(root: Path, name: str) -> Path:
     return Path(root) / "prepared" / name
 
 
-def resolve_dataset(name_or_path: str | os.PathLike, split: str = "train", root: str | os.PathLike = "data") -> Path:
-    """Where a prepared store lives: a store folder given directly, or ``<root>/prepared/<NAME>/<split>``.
+def resolve_dataset(name_or_path: str | os.PathLike, split: str = "train", root: str | os.PathLike = "data",
+                    shape: tuple[int, ...] | None = None) -> Path:
+    """Where a prepared store lives: a store folder given directly, or the store of data set NAME
+    (``NAME@HxW`` names one size) under ``<root>/prepared/``: with ``shape``, the one of that image
+    shape (see ``repro.data.locate``).
 
     NAME may also be a path to a manifest file (its ``name`` field is used).
     """
@@ -61,17 +64,23 @@ def resolve_dataset(name_or_path: str | os.PathLike, split: str = "train", root:
         s = load(s).name
     elif os.sep in s or "/" in s:
         return p / split
-    return prepared_dir(Path(root), s) / split
+    return locate.resolve(s, split, root, shape)
 
 
-def require_store(name_or_path: str | os.PathLike, split: str = "train", root: str | os.PathLike = "data"):
-    """Open a prepared store or raise a ``ReproError`` naming the exact command that makes it."""
+def require_store(name_or_path: str | os.PathLike, split: str = "train", root: str | os.PathLike = "data",
+                  shape: tuple[int, ...] | None = None, config: str | None = None):
+    """Open a prepared store (of ``shape``, when given: a network config's input) or raise a
+    ``ReproError`` naming the exact command that makes it (``config``: the config to name there)."""
 
-    path = resolve_dataset(name_or_path, split, root)
+    path = resolve_dataset(name_or_path, split, root, shape)
     if not is_complete(path):
         name = str(name_or_path)
-        root_opt = "" if Path(root) == Path("data") else f" --root {root}"
-        raise ReproError(f"{path}: dataset not prepared; run `repro data prepare {name}{root_opt}`")
+        if name.endswith(".toml"):
+            name = load(name).name
+        if os.sep in name or "/" in name:  # a folder that is no store
+            root_opt = "" if Path(root) == Path("data") else f" --root {root}"
+            raise ReproError(f"{path}: dataset not prepared; run `repro data prepare {name}{root_opt}`")
+        raise locate.missing_store_error(name, split, root, path, shape, config)
     return open_store(path)
 
 
@@ -155,24 +164,24 @@ def load_item(item: Item, spec: PrepareSpec) -> list[np.ndarray]:
 
 # ------------------------------------------------------------------ input listing
 def source_base(m: Manifest, root: Path, from_path: Path | None) -> Path:
-    """Where the manifest's globs are rooted: ``--from``, a recorded local source, or ``raw/<name>/``."""
+    """Where the manifest's globs are rooted: ``--from``, else the recorded source (a ``local``
+    manifest's folder; a download's ``prepare --from``, while nothing was fetched), else ``raw/<name>/``."""
     if from_path is not None:
         if not from_path.exists():
             raise ReproError(f"{from_path}: no such file or folder")
         return from_path
     raw = raw_dir(root, m.name)
     if m.kind == "local":
-        sj = raw / "source.json"
-        if not sj.is_file():
+        recorded = recorded_source(root, m.name)
+        if recorded is None:
             raise ReproError(f"{m.path}: no source recorded for '{m.name}'; run "
                              f"`repro data fetch {m.name} --from FOLDER_OR_LIST` or `prepare --from`")
-        try:
-            p = Path(json.loads(sj.read_text())["path"])
-        except (OSError, ValueError, KeyError) as e:
-            raise ReproError(f"{sj}: unreadable ({e})") from None
-        if not p.exists():
-            raise ReproError(f"{p}: recorded source of '{m.name}' no longer exists")
-        return p
+        return recorded
+    fetched = raw.is_dir() and any(p.name != SOURCE for p in raw.iterdir())
+    if not fetched:
+        recorded = recorded_source(root, m.name)
+        if recorded is not None:
+            return recorded
     if not raw.is_dir():
         raise ReproError(f"{raw}: raw files missing; run `repro data fetch {m.name}`")
     return raw
@@ -309,26 +318,86 @@ def prepare_split(m: Manifest, items: list[Item], out: Path, spec: PrepareSpec, 
 
 def prepare(m: Manifest, root: Path, from_path: Path | None = None, skip_bad: bool = False,
             workers: int | None = None, force: bool = False, seed: int | None = None,
-            console: Console | None = None) -> list[dict[str, Any]]:
-    """Prepare every split of a manifest into ``<root>/prepared/<name>/<split>/``."""
+            console: Console | None = None, size: tuple[int, int] | None = None, grey: bool | None = None,
+            video_every: int | None = None, strict: bool = False) -> list[dict[str, Any]]:
+    """Prepare every split of a manifest into ``<root>/prepared/<name>/<split>/`` (the manifest's
+    size) or ``<root>/prepared/<name>@HxW/<split>/`` (``size`` / ``grey`` overriding it), so stores of
+    several sizes live side by side. ``--from`` is recorded for the next prepare. Counts that miss
+    the manifest's ``[expected]`` are a warning on ``console``, or with ``strict`` an error (before
+    decoding when the listed files already miss them)."""
+    console = console or Console(stderr=True)
     if m.kind == "builtin":
-
+        if (size is not None and tuple(size) != tuple(m.prepare.size)) or (grey is not None and grey != m.prepare.grey) \
+                or video_every is not None:
+            raise ReproError(f"{m.path or m.name}: the built-in set '{m.name}' is made at its manifest's "
+                             f"{m.prepare.size[0]}x{m.prepare.size[1]} only; --size, --for-config, --colour "
+                             "and --video-every are for your own or downloaded data sets")
         return builtin.prepare_builtin(m, root, force=force, seed=seed, console=console, from_dir=from_path)
-    spec = m.prepare if seed is None else PrepareSpec(**{**m.prepare.__dict__, "seed": seed})
+    over: dict[str, Any] = {}
+    for k, v in (("seed", seed), ("size", size), ("grey", grey), ("video_every", video_every)):
+        if v is not None:
+            over[k] = tuple(v) if k == "size" else v
+    if "size" in over and min(over["size"]) <= 0:
+        raise ReproError(f"--size: must be two positive integers, got {over['size'][0]} {over['size'][1]}")
+    if over.get("video_every", 0) < 0:
+        raise ReproError(f"--video-every: must be >= 0, got {over['video_every']}")
+    spec = PrepareSpec(**{**m.prepare.__dict__, **over})
     base = source_base(m, root, from_path)
-    out_dir = prepared_dir(root, m.name)
-    summaries = []
+    if from_path is not None:
+        record_source(root, m.name, from_path, "prepare --from")
+    out_dir = locate.store_folder(root, m.name, locate.shape_of(spec.size, spec.grey),
+                                  locate.shape_of(m.prepare.size, m.prepare.grey))
+    todo: dict[str, list[Item]] = {}
+    summaries: dict[str, dict[str, Any]] = {}
     for split in m.splits:
         out = out_dir / split
         if is_complete(out) and not force:
-
             st = open_store(out)
             if st.index.get("params") == spec_params(spec):
-                summaries.append({"split": split, "count": len(st), "skipped": st.index["info"].get("skipped", 0),
-                                  "note": "already prepared"})
+                summaries[split] = {"split": split, "count": len(st), "skipped": st.index["info"].get("skipped", 0),
+                                    "note": "already prepared", "labels": _label_counts(st.labels)}
                 continue
-        items = list_items(m, base, split)
-        _, s = prepare_split(m, items, out, spec, split, skip_bad=skip_bad, workers=workers,
-                             console=console, base=base)
-        summaries.append(s)
-    return summaries
+        todo[split] = list_items(m, base, split)
+    # the listed files already tell a shortfall (unless every-k videos make the frame count unknown)
+    if not (spec.video_every > 0 and any(video.is_video(it.path) for v in todo.values() for it in v)):
+        listed = {sp: {"count": len(v), "labels": _label_counts([it.label for it in v])} for sp, v in todo.items()}
+        bad = expected_mismatches(m, {**summaries, **listed}, "found")
+        if bad and strict:
+            raise ReproError(f"{m.path or m.name}: {bad[0]} (--strict; nothing prepared)")
+    for split, items in todo.items():
+        _, sm = prepare_split(m, items, out_dir / split, spec, split, skip_bad=skip_bad, workers=workers,
+                              console=console, base=base)
+        st = open_store(out_dir / split)
+        summaries[split] = {**sm, "labels": _label_counts(st.labels)}
+    result = [summaries[sp] for sp in m.splits]
+    bad = expected_mismatches(m, summaries)
+    if bad and strict:
+        raise ReproError(f"{m.path or m.name}: {bad[0]} (--strict; the stores in {out_dir} are complete)")
+    for line in bad:
+        console.print(f"[yellow]warning: {m.name}: {line}[/yellow]")
+    for r in result:
+        r["store"] = str(out_dir / r["split"])
+    return result
+
+
+def _label_counts(labels: Any) -> dict[int, int]:
+    vals, counts = np.unique(np.asarray(labels, np.int64), return_counts=True)
+    return {int(v): int(c) for v, c in zip(vals, counts)}
+
+
+def expected_mismatches(m: Manifest, per_split: dict[str, dict[str, Any]], verb: str = "prepared") -> list[str]:
+    """One line per ``[expected]`` count (0 = unknown, skipped) that the splits do not reach or exceed:
+    ``images``, ``positives`` (label 1), ``negatives`` (label 0), or a split's name."""
+    got: dict[str, int] = {sp: int(v["count"]) for sp, v in per_split.items()}
+    if set(per_split) >= set(m.splits):
+        got["images"] = sum(int(v["count"]) for v in per_split.values())
+        got["positives"] = sum(int(v["labels"].get(1, 0)) for v in per_split.values())
+        got["negatives"] = sum(int(v["labels"].get(0, 0)) for v in per_split.values())
+    out = []
+    for k, want in m.expected.items():
+        if not want or k not in got or got[k] == want:
+            continue
+        have = got[k]
+        how = f"{want - have:,} short" if have < want else f"{have - want:,} more"
+        out.append(f"{have:,} {k} {verb}, the manifest expects {want:,} ({how}; `[expected]` in {m.path or m.name})")
+    return out

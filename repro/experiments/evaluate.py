@@ -46,6 +46,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from repro import atomic, report
+from repro.data.leak import warn_leak
 from repro.engine.comm import World
 from repro.errors import ReproError
 from repro.experiments.baselines import (FILTER_CHUNK, READINGS, LinearFilters,  # noqa: F401 (re-exported)
@@ -249,6 +250,8 @@ def evaluate(session: Any, net: Network, checkpoint: Path, step: int, ts: TestSe
     t0 = time.perf_counter()
     w, cfg = session.w, net.cfg
     ts.check(cfg)
+    if w.is_root:  # test images that are also training images flatter every score: say so
+        warn_leak(ts.stores, train_store, console)
     y = ts.y
     out = Path(out) if out is not None else session.run
     transfer_neuron = read_neuron(opt.neuron_from, opt.concept, cfg) if opt.neuron_from else None

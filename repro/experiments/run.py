@@ -122,11 +122,20 @@ def _ensure_builtin(session: Session, name: str, root: str, console: Any = None)
     session.w.barrier()
 
 
-def training_store(session: Session, name: str, root: str, console: Any = None) -> Any:
-    """The training store NAME (a built-in set is made on first use); others must be prepared."""
+def training_store(session: Session, name: str, root: str, console: Any = None, cfg: Any = None) -> Any:
+    """The training store NAME (a built-in set is made on first use); others must be prepared, at
+    ``cfg``'s input size when given (a data set may be prepared at several sizes)."""
 
     _ensure_builtin(session, name, root, console)
-    return require_store(name, "train", root)
+    return require_store(name, "train", root, *_want(cfg))
+
+
+def _want(cfg: Any) -> tuple[tuple[int, ...] | None, str | None]:
+    """(image shape, config name) a config's input needs of a store, or (None, None)."""
+    if cfg is None:
+        return None, None
+    h, w = cfg.input_size
+    return ((h, w) if cfg.channels == 1 else (h, w, cfg.channels)), cfg.name
 
 
 def test_set_names(concept: str, train_data: str | list[str], data: tuple[str, ...] | list[str]) -> list[str]:
@@ -146,19 +155,21 @@ def test_set_names(concept: str, train_data: str | list[str], data: tuple[str, .
     return list(CONCEPT_SETS[concept])
 
 
-def open_test_set(session: Session, names: list[str], root: str, split: str = "test", console: Any = None) -> Any:
-    """The labeled images of ``split`` of every named store, as one evaluate ``TestSet``."""
+def open_test_set(session: Session, names: list[str], root: str, split: str = "test", console: Any = None,
+                  cfg: Any = None) -> Any:
+    """The labeled images of ``split`` of every named store (at ``cfg``'s input size when given), as
+    one evaluate ``TestSet``."""
 
     stores = []
     for n in names:
         _ensure_builtin(session, n, root, console)
-        path = resolve_dataset(n, split, root)
+        path = resolve_dataset(n, split, root, _want(cfg)[0])
         if not (path / "index.json").is_file() and path.parent.is_dir():
             have = sorted(p.name for p in path.parent.iterdir() if (p / "index.json").is_file())
             if have:
                 raise ReproError(f"{path.parent}: has no split {split!r} (it has: {', '.join(have)}); "
                                  f"choose one with --split")
-        stores.append(require_store(n, split, root))
+        stores.append(require_store(n, split, root, *_want(cfg)))
     return TestSet.of(names, stores, split)
 
 
@@ -210,7 +221,7 @@ class Run:
     def training_data(self, given: str | None = None, console: Any = None) -> Any:
         """The store the run was trained on (``RUN/data.json``), or ``given`` (an option)."""
         store, _ = training_data_of(self.folder, given, self.cfg.data)
-        return training_store(self.session, store, self.root, console)
+        return training_store(self.session, store, self.root, console, self.cfg)
 
     @property
     def data_name(self) -> str:
@@ -222,6 +233,6 @@ class Run:
         """The labelled test set of ``concept`` (``stores`` if given, else ``--data``, else the
         built-in set the run was trained on, else the concept's), checked against the network."""
         names = stores or test_set_names(concept, [self.data_name, self.cfg.data], data)
-        ts = open_test_set(self.session, names, self.root, split, console)
+        ts = open_test_set(self.session, names, self.root, split, console, self.cfg)
         ts.check(self.cfg)
         return ts

@@ -124,7 +124,8 @@ class NetworkConfig:
         c = shape[2] if len(shape) == 3 else 1
         if (h, w) != tuple(self.input_size) or c != self.channels:
             raise ReproError(f"{where}: images are {h}x{w}x{c}, config {self.name!r} wants "
-                             f"{self.input_size[0]}x{self.input_size[1]}x{self.channels}")
+                             f"{self.input_size[0]}x{self.input_size[1]}x{self.channels}; "
+                             f"`repro data prepare NAME --for-config {self.name}` makes a store of this size")
 
     def with_train(self, **kw: Any) -> "NetworkConfig":
         return replace(self, train=replace(self.train, **kw))
