@@ -155,3 +155,25 @@ def test_data_help_texts():
     text = invoke("data", "--help").output
     assert "$REPRO_MANIFESTS" in text and "NAME@HxW" in text
     assert "disk" in invoke("data", "bench", "--help").output
+
+
+def test_the_fix_names_every_step_that_is_missing(toy, tmp_path):
+    """Nothing given yet: the command includes --from FOLDER (a local set) or the fetch before it (a
+    download); a built-in set made at another size points to your own frames instead."""
+    from repro.data.builtin import ensure_mini
+    from repro.data.prepare import require_store
+    from repro.errors import ReproError
+
+    src, root = toy
+    one_line_error(invoke("train", "--config", "mini", "--data", "toy", "--root", root, "--out", tmp_path / "r"),
+                   f"run `repro data prepare toy --from FOLDER --for-config mini --root {root}`")
+    write_manifest(Path(src).parent / "manifests" / "dl.toml", "dl", files=[{"name": "dl.tgz", "url": "", "sha256": ""}],
+                   sources=[{"split": "train", "label": -1, "glob": "*.png"}])
+    one_line_error(invoke("train", "--config", "mini", "--data", "dl", "--root", root, "--out", tmp_path / "r"),
+                   f"`repro data fetch dl --root {root} && repro data prepare dl --for-config mini --root {root}`")
+    ensure_mini(root)
+    with pytest.raises(ReproError) as e:
+        require_store("mini", "train", root, shape=(200, 200), config="le2012")
+    assert "images are 32x32x1, config 'le2012' wants 200x200x1" in e.value.message
+    assert "repro data prepare youtube-frames --from FOLDER --for-config le2012" in e.value.message
+    assert "built-in 'mini' is made at 32x32 only" in e.value.message

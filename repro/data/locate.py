@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from repro.data.fetch import raw_dir, recorded_source
 from repro.data.manifest import Manifest, load
 from repro.data.store import is_complete
 from repro.errors import ReproError
@@ -153,12 +154,16 @@ def fix_command(name: str, split: str, root: str | os.PathLike, shape: tuple[int
     shape = fixed if shape is None else shape
     m = manifest_of(base, root)
     if m is not None:
+        ro, src = _root_opt(root), _source_step(m, root)
         if shape is None or norm_shape(shape) == default_shape(m):
-            return f"repro data prepare {base}{_root_opt(root)}"
-        if config and (CONFIG_DIR / f"{config}.toml").is_file():
-            return f"repro data prepare {base} --for-config {config}{_root_opt(root)}"
+            return f"{src[0]}repro data prepare {base}{src[1]}{ro}"
+        if m.kind == "builtin":  # made at its manifest's size only: name one that can be prepared
+            how = f"--for-config {config}" if _shipped_config(config) else f"--size {shape[0]} {shape[1]}"
+            return f"repro data prepare youtube-frames --from FOLDER {how}{ro}"
+        if _shipped_config(config):
+            return f"{src[0]}repro data prepare {base}{src[1]} --for-config {config}{ro}"
         colour = " --colour" if len(norm_shape(shape)) == 3 else (" --grey" if not m.prepare.grey else "")
-        return f"repro data prepare {base} --size {shape[0]} {shape[1]}{colour}{_root_opt(root)}"
+        return f"{src[0]}repro data prepare {base}{src[1]} --size {shape[0]} {shape[1]}{colour}{ro}"
     info = import_info(root, base)
     if info is not None and shape is not None:
         pos = f" --positive {info['positive']}" if info.get("positive") else ""
@@ -167,6 +172,29 @@ def fix_command(name: str, split: str, root: str | os.PathLike, shape: tuple[int
         return (f"repro data import {info['imported_from']} --name {base} --size {shape[0]} {shape[1]}"
                 f"{colour}{pos}{sp}{_root_opt(root)}")
     return f"repro data prepare {base}{_root_opt(root)}"
+
+
+def _shipped_config(config: str | None) -> bool:
+    return bool(config) and (CONFIG_DIR / f"{config}.toml").is_file()
+
+
+def _source_step(m: Manifest, root: str | os.PathLike) -> tuple[str, str]:
+    """What must come with ``prepare`` when the inputs are not there yet: (a fetch before it, a
+    ``--from`` in it); nothing when they are."""
+    if m.kind == "builtin":
+        return "", ""
+    try:
+        recorded = recorded_source(Path(root), m.name)
+    except ReproError:
+        recorded = None
+    if recorded is not None:
+        return "", ""
+    if m.kind == "local":
+        return "", " --from FOLDER"
+    raw = raw_dir(Path(root), m.name)
+    if raw.is_dir() and any(p.name != "source.json" for p in raw.iterdir()):
+        return "", ""
+    return f"repro data fetch {m.name}{_root_opt(root)} && ", ""
 
 
 def import_info(root: str | os.PathLike, name: str) -> dict[str, Any] | None:
@@ -192,7 +220,10 @@ def missing_store_error(name: str, split: str, root: str | os.PathLike, path: Pa
     if others and want is not None:
         p, s = others[0]
         who = f"config {config!r} wants" if config else "wanted:"
-        return ReproError(f"{p}: images are {_hwc(s)}, {who} {_hwc(want)}; run `{cmd}`")
+        m = manifest_of(base, root)
+        note = (f" (the built-in '{base}' is made at {tag(s)} only: train on your own frames, README 'Bring "
+                f"your own data')") if m is not None and m.kind == "builtin" else ""
+        return ReproError(f"{p}: images are {_hwc(s)}, {who} {_hwc(want)}; run `{cmd}`{note}")
     if others:
         names = ", ".join(f"{base}@{tag(s)}" for _, s in others)
         return ReproError(f"{path}: not prepared at the manifest's size; prepared: {names} (name one, e.g. "

@@ -325,7 +325,6 @@ def prepare(m: Manifest, root: Path, from_path: Path | None = None, skip_bad: bo
     several sizes live side by side. ``--from`` is recorded for the next prepare. Counts that miss
     the manifest's ``[expected]`` are a warning on ``console``, or with ``strict`` an error (before
     decoding when the listed files already miss them)."""
-    console = console or Console(stderr=True)
     if m.kind == "builtin":
         if (size is not None and tuple(size) != tuple(m.prepare.size)) or (grey is not None and grey != m.prepare.grey) \
                 or video_every is not None:
@@ -333,6 +332,7 @@ def prepare(m: Manifest, root: Path, from_path: Path | None = None, skip_bad: bo
                              f"{m.prepare.size[0]}x{m.prepare.size[1]} only; --size, --for-config, --colour "
                              "and --video-every are for your own or downloaded data sets")
         return builtin.prepare_builtin(m, root, force=force, seed=seed, console=console, from_dir=from_path)
+    console = console or Console(stderr=True)
     over: dict[str, Any] = {}
     for k, v in (("seed", seed), ("size", size), ("grey", grey), ("video_every", video_every)):
         if v is not None:
