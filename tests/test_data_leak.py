@@ -112,6 +112,18 @@ def test_near_search_is_exact():
         pc = np.array([[bin(int(x) ^ int(y)).count("1") for y in hb] for x in ha])
         want = {(int(i), int(j), int(pc[i, j])) for i, j in zip(*np.nonzero(pc <= d))}
         assert got == want, d
+        assert leak.count_candidates(ha, hb, d) >= len(got)
+
+
+def test_near_search_skipped_over_its_pair_budget(root):
+    """The evaluate hook's budget: too many candidate pairs -> identical images only, and said so."""
+    from repro.data.prepare import require_store
+
+    a, b = require_store("frames", "train", root, (32, 32)), require_store("leaky", "test", root)
+    r = leak.check_leak(a, b, 8, max_pairs=0)
+    assert (r.identical, r.near, r.near_searched) == (2, 0, False)
+    r = leak.check_leak(a, b, 4)
+    assert (r.identical, r.near, r.near_searched) == (2, 2, True)
 
 
 def test_evaluate_warns_when_the_test_set_holds_training_images(root, tmp_path):
