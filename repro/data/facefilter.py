@@ -9,7 +9,7 @@ tiny image, so images are first upscaled (bilinear) until the short side is ``up
 ``min_face`` = 0.3 (fraction of the short side) and ``min_neighbors`` = 3, ``scale_factor`` = 1.1
 were chosen on the *training* frames of ``mini`` only (never on a test set): there they remove about
 80% of the frames with a pasted face and about 1-2% of the frames without one (see
-``tests/test_data_facefilter.py``, which prints the figures). For 200x200 frames with small faces,
+``tests/cli/test_data_mini.py``, which prints the figures). For 200x200 frames with small faces,
 lower ``min_face``.
 """
 from __future__ import annotations

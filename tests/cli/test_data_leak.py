@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import invoke, one_line_error
+from support.cli import invoke, one_line_error
 from repro.data import leak
-from test_data_helpers import write_manifest
+from support.data import write_manifest
 
 
 def _blobs(n: int, seed: int, size: int = 64) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import invoke, one_line_error, train_tiny_run
+from support.cli import invoke, one_line_error, train_tiny_run
 
 TINY = ("--config", "mini", "--layer-steps", 2, "--finetune-steps", 0, "--batch", 16, "--checkpoint-every", 2)
 

@@ -20,7 +20,7 @@ from repro.data.manifest import load
 from repro.data.store import open_store
 from repro.errors import ReproError
 
-from conftest import invoke
+from support.cli import invoke
 
 SPLITS = ("train", "val", "test", "val-aligned", "test-aligned")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_mpi
+from support.mpi import run_mpi
 from repro.engine.timing import TIMER, profile_network, timed
 from repro.experiments.breakdown import profile_update
 from repro.experiments import scaling as S

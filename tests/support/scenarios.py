@@ -1,7 +1,7 @@
 """Scenarios run both serially (in the pytest process) and under ``mpiexec -n N``.
 
-``python tests/mpi_scenarios.py NAME OUT.npz`` runs scenario NAME on every rank; rank 0 writes
-what it computed. The tests compare that to the same scenario run on one rank.
+``python tests/support/scenarios.py NAME OUT.npz`` (tests/ on PYTHONPATH, as ``support.mpi.run_mpi``
+sets) runs scenario NAME on every rank; rank 0 writes what it computed. The tests compare that to the same scenario run on one rank.
 """
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import time
 
 import numpy as np
 
-import fakecupy
-
 from repro.engine.comm import abort_on_error, world
 from repro.engine.distarray import DistArray, HaloPlan, scatter_add
 from repro.engine.partition import Partition, ProcGrid
 from repro.model.config import from_dict
+from support import fakecupy
 from repro.model.network import (Network, apply_update, compute_features, gather_activation, gather_tiles,
                                  load_checkpoint, local_features, neuron_features, save_checkpoint, standardize,
                                  unit_gradient)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import invoke, one_line_error, run_mpi
+from support.cli import invoke, one_line_error
+from support.mpi import run_mpi
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from conftest import invoke
+from support.cli import invoke
 from repro.data.store import open_store
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 TINY = {"train": ["--layer-steps", "2", "--finetune-steps", "2", "--batch", "8"],
         "evaluate": ["--linear-filters", "20", "--one-layer-steps", "2"]}
 

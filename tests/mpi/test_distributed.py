@@ -6,11 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TESTS, run_mpi
+from support.mpi import SCENARIOS, run_mpi
 
-import mpi_scenarios as S
+from support import scenarios as S
 
-SCRIPT = str(TESTS / "mpi_scenarios.py")
+SCRIPT = str(SCENARIOS)
 RANKS = [2, 3, 4, 6]
 
 

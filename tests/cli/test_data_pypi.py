@@ -17,7 +17,7 @@ from repro.data import pypi
 from repro.data.manifest import parse
 from repro.errors import ReproError
 
-from conftest import invoke, one_line_error
+from support.cli import invoke, one_line_error
 
 
 def _png(seed: int) -> bytes:

@@ -10,7 +10,7 @@ try:
 except ImportError:  # pragma: no cover
     import tomli as tomllib
 
-from test_data_helpers import cli
+from support.data import cli
 from repro.data import manifest
 from repro.errors import ReproError
 

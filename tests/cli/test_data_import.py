@@ -13,7 +13,7 @@ import pytest
 from repro.data.store import open_store
 from repro.engine.comm import world
 
-from conftest import invoke, one_line_error, train_tiny_run
+from support.cli import invoke, one_line_error, train_tiny_run
 
 
 def make_tree(d: Path, classes: dict[str, int], size=(40, 48), seed: int = 0) -> Path:

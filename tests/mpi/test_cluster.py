@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import invoke, mpiexec_path, run_mpi
+from support.cli import invoke
+from support.mpi import mpiexec_path, run_mpi
 from repro.engine import threads
 from repro.engine.stop import EXIT_INTERRUPTED, EXIT_STOPPED
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import invoke, one_line_error
+from support.cli import invoke, one_line_error
 
 STEPS = ("--layer-steps", 4, "--finetune-steps", 2, "--batch", 16, "--checkpoint-every", 2)
 

@@ -1,7 +1,4 @@
-"""Shared helpers for the data tests: a Range-capable HTTP server on 127.0.0.1 and fixture makers.
-
-(Named test_data_helpers so it sits with the data tests; it holds no tests itself.)
-"""
+"""Shared helpers for the data tests: a Range-capable HTTP server on 127.0.0.1 and fixture makers."""
 from __future__ import annotations
 
 import re
@@ -9,8 +6,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
+
+from repro.commands.data import data
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -131,10 +131,6 @@ def write_manifest(path: Path, name: str, files: list[dict] | None = None, sourc
 def data_cli():
     """A bare group holding only ``repro data``, so these tests do not depend on other commands' imports
     (``test_data_manifest.test_registered_in_repro_cli`` checks the real registration)."""
-    import click
-
-    from repro.commands.data import data
-
     g = click.Group("repro")
     g.add_command(data)
     return g

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_data_helpers import cli
+from support.data import cli
 from repro.data import manifest, open_store, require_store, resolve_dataset
 from repro.data.prepare import prepare
 from repro.errors import ReproError
-from test_data_helpers import make_images, make_video, write_manifest
+from support.data import make_images, make_video, write_manifest
 
 
 def _setup(tmp_path: Path, n: int = 10):

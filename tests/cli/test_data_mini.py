@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_data_helpers import cli
+from support.data import cli
 from repro.data import ensure_mini, open_store
 from repro.data.facefilter import FaceDetector, detect, filter_faces
 from repro.data.store import write_store

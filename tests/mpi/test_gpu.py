@@ -11,9 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-import fakecupy
-from conftest import TESTS, gpu_available, run_mpi
-from mpi_scenarios import SMALL, images
+from support import fakecupy
+from support.gpu import gpu_available
+from support.mpi import SCENARIOS, run_mpi
+from support.scenarios import SMALL, images
 from repro.model.config import from_dict
 from repro.model.network import Network, apply_update, compute_features, gather_tiles
 from repro.model.optim import Optimizer
@@ -73,7 +74,7 @@ def test_halo_exchange_of_device_buffers(tmp_path, cuda_aware, device):
     if device == "gpu" and cuda_aware == "1" and os.environ.get("REPRO_TEST_CUDA_AWARE") != "1":
         pytest.skip("set REPRO_TEST_CUDA_AWARE=1 on a machine whose MPI is CUDA-aware")
     out = tmp_path / "r.npz"
-    run_mpi(2, [str(TESTS / "mpi_scenarios.py"), "distarray-gpu", str(out)],
+    run_mpi(2, [str(SCENARIOS), "distarray-gpu", str(out)],
             env={"REPRO_CUDA_AWARE_MPI": cuda_aware, "REPRO_TEST_FAKE_CUPY": "1" if device == "stand-in" else "0"})
     r = np.load(out)
     assert r["fetch_ok"].all() and r["adjoint_ok"].all()

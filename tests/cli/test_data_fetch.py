@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from test_data_helpers import cli
+from support.data import cli
 from repro.data.fetch import download, extract
 from repro.errors import ReproError
-from test_data_helpers import Server, make_images, write_manifest
+from support.data import Server, make_images, write_manifest
 
 
 def _sha(p: Path) -> str:

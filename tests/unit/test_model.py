@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpi_scenarios import SMALL, WINDOW, images
+from support.scenarios import SMALL, WINDOW, images
 from repro.errors import ReproError
 from repro.model.config import from_dict, load_config
 from repro.model.network import Network, apply_update, init_tile

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import fakecupy
-from conftest import gpu_available
+from support import fakecupy
+from support.gpu import gpu_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

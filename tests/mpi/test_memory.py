@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_mpi
+from support.mpi import run_mpi
 
 MEASURE = textwrap.dedent("""
     import json, sys, tracemalloc

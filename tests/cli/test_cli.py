@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import gpu_available, invoke, one_line_error, run_mpi
+from support.cli import invoke, one_line_error
+from support.gpu import gpu_available
+from support.mpi import run_mpi
 from repro.cli import cli
 from repro.commands.export import META
 from repro.model.config import load_config
@@ -202,7 +204,7 @@ def test_train_device_option_reaches_the_backend(tmp_path):
     r = invoke("train", "--device", "gpu", "--config", "mini", "--out", tmp_path / "r", "--print-config")
     if gpu_available():
         assert r.exit_code == 0, r.output
-    else:  # the group says cpu (conftest's invoke); the command's gpu is the one asked of the backend
+    else:  # the group says cpu (support.cli.invoke); the command's gpu is the one asked of the backend
         one_line_error(r, "--device gpu", "no GPU")
     assert not (tmp_path / "r").exists()
 

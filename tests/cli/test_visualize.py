@@ -17,7 +17,8 @@ from repro.model.config import load_config
 from repro.model.network import Network, standardize
 from repro.engine.comm import world
 
-from conftest import invoke, one_line_error, run_mpi, train_tiny_run
+from support.cli import invoke, one_line_error, train_tiny_run
+from support.mpi import run_mpi
 
 
 # ---------------------------------------------------------------- pieces

@@ -12,7 +12,8 @@ from repro.experiments import evaluate as ev
 from repro.model.network import standardize
 from repro.engine.comm import world
 
-from conftest import invoke, one_line_error, run_mpi, train_tiny_run
+from support.cli import invoke, one_line_error, train_tiny_run
+from support.mpi import run_mpi
 
 
 # ---------------------------------------------------------------- pure functions vs slow loops

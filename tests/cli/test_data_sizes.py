@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke, one_line_error
+from support.cli import invoke, one_line_error
 from repro.data.store import open_store
-from test_data_helpers import make_images, make_video, write_manifest
+from support.data import make_images, make_video, write_manifest
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def test_loader_streams_ahead(store):
 def test_bench_command_and_manifest_env(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from test_data_helpers import cli, make_images, write_manifest
+    from support.data import cli, make_images, write_manifest
 
     make_images(tmp_path / "src" / "a", 8)
     mdir = tmp_path / "manifests"
