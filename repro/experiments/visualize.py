@@ -176,15 +176,21 @@ def _ascent_step(net: Network, x: np.ndarray, f: float, g: np.ndarray, neuron: N
 
 
 def ascend(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200, tol: float = 1e-6,
-           t0: float = 0.5, max_halvings: int = 30) -> dict[str, Any]:
+           t0: float = 0.5, max_halvings: int = 30, sigma: tuple[float, float] | None = None) -> dict[str, Any]:
     """Projected gradient ascent on the unit sphere from ``x0`` with backtracking line search.
 
     Steps are along ``g/||g||`` so that ``t`` is a distance on the sphere's scale (``||x|| = 1``);
     ``t`` doubles after an accepted step (up to 2) and halves after a rejected one. Stops after
     ``iters`` accepted steps, when the relative improvement falls below ``tol``, or when no step
     size improves ``f`` (a local maximum to float32 precision).
+
+    ``sigma`` = (start, end) adds the Gaussian-blur prior of Yosinski et al. 2015: the start and every
+    accepted point are blurred with that step's sigma (:func:`sigma_schedule`) and put back on the
+    unit sphere, and every one of ``iters`` steps is taken (the schedule must end; no ``tol`` stop).
+    ``f`` may drop a little at the blur; the end point is the last blurred one.
     """
-    x = unit_norm(x0)
+    sig = None if sigma is None else sigma_schedule(iters, *sigma)
+    x = unit_norm(x0 if sig is None else gaussian_blur(x0, float(sig[0])))
     f, g = activation(net, x, neuron)
     f_start, t, it, evals, why = f, t0, 0, 1, "iterations"
     while it < iters:
@@ -194,11 +200,17 @@ def ascend(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200, tol: 
             why = step
             break
         xn, fn, gn_, t = step
+        if sig is None:
+            gain = (fn - f) / max(abs(f), 1e-12)
+            x, f, g = xn, fn, gn_
+        else:
+            x = unit_norm(gaussian_blur(xn, float(sig[it])))
+            f, g = activation(net, x, neuron)
+            evals += 1
+            gain = None
         it += 1
-        gain = (fn - f) / max(abs(f), 1e-12)
-        x, f, g = xn, fn, gn_
         t = min(2.0 * t, 2.0)
-        if gain < tol:
+        if gain is not None and gain < tol:
             why = "converged"
             break
     return {"x": x, "activation": f, "start_activation": f_start, "iterations": it, "evaluations": evals,
@@ -266,31 +278,9 @@ def high_frequency_share(x: np.ndarray, cutoff: float = 0.25) -> float:
 def ascend_smooth(net: Network, x0: np.ndarray, neuron: Neuron, iters: int = 200,
                   sigma: tuple[float, float] = SMOOTH_SIGMA, t0: float = 0.5, max_halvings: int = 30
                   ) -> dict[str, Any]:
-    """Projected gradient ascent with a Gaussian-blur prior (Yosinski et al. 2015).
-
-    Each step: the backtracking line search of :func:`ascend` finds ``t`` with
-    ``f(normalise(x + t g/||g||)) > f(x)``; the accepted point is blurred with that step's sigma
-    (:func:`sigma_schedule`) and put back on the unit sphere. ``f`` may drop a little at the blur;
-    the end point is the last blurred one (the prior's answer, not the best unblurred iterate).
-    """
-    sig = sigma_schedule(iters, *sigma)
-    x = unit_norm(gaussian_blur(x0, float(sig[0])))
-    f, g = activation(net, x, neuron)
-    f_start, t, it, evals, why = f, t0, 0, 1, "iterations"
-    while it < iters:
-        step, n = _ascent_step(net, x, f, g, neuron, t, max_halvings)
-        evals += n
-        if isinstance(step, str):
-            why = step
-            break
-        xn, _, _, t = step
-        x = unit_norm(gaussian_blur(xn, float(sig[it])))
-        f, g = activation(net, x, neuron)
-        evals += 1
-        it += 1
-        t = min(2.0 * t, 2.0)
-    return {"x": x, "activation": f, "start_activation": f_start, "iterations": it, "evaluations": evals,
-            "stopped": why}
+    """:func:`ascend` under the blur prior (Yosinski et al. 2015), sigma decaying from ``sigma[0]``
+    to ``sigma[1]`` pixels."""
+    return ascend(net, x0, neuron, iters, t0=t0, max_halvings=max_halvings, sigma=sigma)
 
 
 def stimulus_starts(net: Network, best_image: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:

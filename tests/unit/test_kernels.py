@@ -4,18 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from repro.engine.kernels import (
-    gaussian_window,
-    l2pool_backward,
-    l2pool_forward,
-    lc_backward_data,
-    lc_backward_weights,
-    lc_flops,
-    lc_forward,
-    lc_output_shape,
-    lcn_backward,
-    lcn_forward,
-)
+from repro.engine.kernels import (gaussian_window, l2pool_backward, l2pool_forward, lc_backward_data,
+                                  lc_backward_weights, lc_flops, lc_forward, lc_output_shape, lcn_backward,
+                                  lcn_forward)
 
 # (B, C, H, W, k, stride, F): strides 1-3, windows that do not tile (11, k=4, s=3),
 # 1 and 3 input maps, non-square images, F = 1 and 5
