@@ -9,20 +9,8 @@ from rich.table import Table
 from repro import atomic
 from repro.engine.backend import gpu_available
 from repro.model.config import load_config
-from repro.model.memory import estimate, flops_per_update
+from repro.model.memory import binary_unit, estimate, flops_per_update
 from repro.options import device_option, out_console, print_table
-
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def _unit(n: float) -> tuple[str, int]:
-    """The binary unit in which ``n`` bytes reads as 1 to 1023: one unit for a whole table, named in
-    its title, keeps the cells short enough for an 80-column terminal."""
-    for i, u in enumerate(_UNITS):
-        if n < 1024 ** (i + 1) or u == _UNITS[-1]:
-            return u, 1024 ** i
-    raise AssertionError  # the loop returns at TiB
-
 
 def _in(n: float, scale: int) -> str:
     x = n / scale
@@ -75,7 +63,7 @@ def info(ctx: click.Context, config_name: str, ranks: int, batch: int | None, js
     gpu = ctx.obj.device == "gpu" or (ctx.obj.device == "auto" and gpu_available())
     mem = estimate(cfg, ranks, batch, gpu=gpu)
     shown = mem if ranks <= 16 else [max(mem, key=lambda r: r.total), min(mem, key=lambda r: r.total)]
-    unit, scale = _unit(max(r.total for r in shown))
+    scale, unit = binary_unit(max(r.total for r in shown))  # one unit per table, named in its title
     m = Table(title=f"{unit} per rank: {ranks} rank(s), batch {batch}, float32, one fine-tuning update, "
                     f"{'GPU' if gpu else 'CPU'} kernels")
     for col in ("rank", "tile", "params", "grads", "optim", "activ.", "halos", "work", "total"):

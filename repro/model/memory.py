@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from rich.filesize import pick_unit_and_suffix
+
 from repro.engine.distarray import HaloPlan
 from repro.engine.kernels import lc_workspace_bytes
 from repro.engine.partition import box_shape
@@ -91,12 +93,18 @@ def estimate_rank(cfg: NetworkConfig, r: int, ranks: int, batch: int, itemsize: 
                       params * itemsize, acts * itemsize, halos * itemsize, work * itemsize)
 
 
+_BINARY = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+
+
+def binary_unit(n: float) -> tuple[int, str]:
+    """(bytes per unit, its name) in which ``n`` bytes reads as 1 to 1023 (rich's unit picker, with
+    binary units: memory is planned in powers of two)."""
+    return pick_unit_and_suffix(int(abs(n)), _BINARY, 1024)
+
+
 def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    unit, suffix = binary_unit(n)
+    return f"{n:.0f} B" if unit == 1 else f"{n / unit:.1f} {suffix}"
 
 
 def flops_per_update(cfg: NetworkConfig, batch: int) -> float:
