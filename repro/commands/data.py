@@ -447,7 +447,7 @@ def filter_faces_cmd(name: str, split: str, out: str | None, min_face: float, mi
     """
 
     st = require_store(name, split, root)
-    out = out or f"{st.name or Path(name).name}-noface"
+    out = out or locate.copy_name(st.path, st.name or Path(name).name, "-noface")  # keeps a size tag
     dest = Path(out) if ("/" in out) else root / "prepared" / out / split
     det = FaceDetector(upscale_to=upscale_to, min_face=min_face, min_neighbors=min_neighbors)
     s = filter_faces(st, dest, det, console=err_console())

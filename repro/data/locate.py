@@ -74,6 +74,21 @@ def store_folder(root: str | os.PathLike, name: str, shape: tuple[int, ...],
     return base / f"{name}@{tag(shape)}"
 
 
+def derived_name(store_name: str, suffix: str) -> str:
+    """The data set name of a copy made from a store (``-noface``): the suffix goes on the base
+    name and the size tag stays, so copies of one data set at two sizes sit side by side as their
+    sources do (``frames@48x48`` -> ``frames-noface@48x48``)."""
+    base, at, t = store_name.partition("@")
+    return f"{base}{suffix}{at}{t}"
+
+
+def copy_name(store_path: str | os.PathLike, fallback: str, suffix: str) -> str:
+    """:func:`derived_name` of the data set a store belongs to (its folder under ``prepared/``), or
+    of ``fallback`` for a store elsewhere."""
+    p = Path(store_path)
+    return derived_name(p.parent.name if p.parent.parent.name == "prepared" else fallback, suffix)
+
+
 def store_shape(path: Path) -> tuple[int, ...] | None:
     """The image shape a complete store's index records (None if unreadable)."""
     try:

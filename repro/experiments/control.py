@@ -26,6 +26,7 @@ from typing import Any
 
 from repro import report
 from repro.data.facefilter import filter_faces
+from repro.data.locate import copy_name
 from repro.data.prepare import prepared_dir
 from repro.data.store import is_complete, open_store
 from repro.errors import ReproError
@@ -40,7 +41,7 @@ def filtered_store(session: Session, store: Any, root: str, name: str, console: 
                    ) -> tuple[Any, dict[str, Any], bool]:
     """The face-filtered copy of ``store`` (built by rank 0 unless complete); its summary; reused?"""
 
-    out = prepared_dir(Path(root), f"{name}-noface") / "train"
+    out = prepared_dir(Path(root), copy_name(store.path, name, "-noface")) / "train"
     reused = bool(session.w.bcast(is_complete(out) if session.w.is_root else None))
     if not reused and session.w.is_root:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -177,3 +177,16 @@ def test_the_fix_names_every_step_that_is_missing(toy, tmp_path):
     assert "images are 32x32x1, config 'le2012' wants 200x200x1" in e.value.message
     assert "repro data prepare youtube-frames --from FOLDER --for-config le2012" in e.value.message
     assert "built-in 'mini' is made at 32x32 only" in e.value.message
+
+
+def test_face_filtered_copies_of_two_sizes_sit_side_by_side(toy):
+    """filter-faces on NAME@HxW writes NAME-noface@HxW: the copy of one size never replaces another's."""
+    src, root = toy
+    assert invoke("data", "prepare", "toy", "--from", src, "--root", root).exit_code == 0
+    assert invoke("data", "prepare", "toy", "--size", 24, 24, "--root", root).exit_code == 0
+    for name, want in (("toy", "toy-noface"), ("toy@24x24", "toy-noface@24x24")):
+        r = invoke("data", "filter-faces", name, "--root", root)
+        assert r.exit_code == 0, r.output
+        assert f"prepared/{want}/train" in r.output.replace("\n", ""), r.output
+    assert open_store(root / "prepared" / "toy-noface" / "train").shape == (16, 16)
+    assert open_store(root / "prepared" / "toy-noface@24x24" / "train").shape == (24, 24)
