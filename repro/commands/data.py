@@ -221,20 +221,7 @@ def prepare_cmd(name: str, from_path: Path | None, for_config: str | None, size:
     """
 
     m = load(name, root)
-    if size is not None and min(size) <= 0:
-        raise ReproError(f"--size: must be two positive integers, got {size[0]} {size[1]}")
-    if for_config is not None:
-        cfg = load_config(for_config)
-        if cfg.channels not in (1, 3):
-            raise ReproError(f"--for-config {for_config}: images have 1 or 3 channels, the config wants {cfg.channels}")
-        want, want_grey = (int(cfg.input_size[0]), int(cfg.input_size[1])), cfg.channels == 1
-        if size is not None and tuple(size) != want:
-            raise ReproError(f"--size {size[0]} {size[1]} and --for-config {for_config} "
-                             f"({want[0]}x{want[1]}) disagree: give one")
-        if grey is not None and grey != want_grey:
-            raise ReproError(f"--{'grey' if grey else 'colour'} and --for-config {for_config} "
-                             f"({cfg.channels} channel(s)) disagree: give one")
-        size, grey = want, want_grey
+    size, grey = _image_shape(for_config, size, grey)
     sums = prepare(m, root, from_path=from_path, skip_bad=skip_bad, workers=workers, force=force, seed=seed,
                    console=err_console(), size=size, grey=grey, video_every=video_every, strict=strict)
     store = Path(sums[0]["store"]).parent if sums and "store" in sums[0] else root / "prepared" / m.name
@@ -249,30 +236,58 @@ def prepare_cmd(name: str, from_path: Path | None, for_config: str | None, size:
         err_console().print(f"[yellow]skipped {total_skipped} undecodable file(s)[/yellow]")
 
 
+def _image_shape(for_config: str | None, size: tuple[int, int] | None, grey: bool | None
+                 ) -> tuple[tuple[int, int] | None, bool | None]:
+    """(size, grey) from --size / --grey|--colour, or from the input of the config --for-config
+    names; the two ways must agree when both are given."""
+    if size is not None and min(size) <= 0:
+        raise ReproError(f"--size: must be two positive integers, got {size[0]} {size[1]}")
+    if for_config is None:
+        return size, grey
+    cfg = load_config(for_config)
+    if cfg.channels not in (1, 3):
+        raise ReproError(f"--for-config {for_config}: images have 1 or 3 channels, the config wants {cfg.channels}")
+    want, want_grey = (int(cfg.input_size[0]), int(cfg.input_size[1])), cfg.channels == 1
+    if size is not None and tuple(size) != want:
+        raise ReproError(f"--size {size[0]} {size[1]} and --for-config {for_config} "
+                         f"({want[0]}x{want[1]}) disagree: give one")
+    if grey is not None and grey != want_grey:
+        raise ReproError(f"--{'grey' if grey else 'colour'} and --for-config {for_config} "
+                         f"({cfg.channels} channel(s)) disagree: give one")
+    return want, want_grey
+
+
 @data.command("import")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Name of the new data set (ROOT/prepared/NAME/SPLIT).")
-@click.option("--size", type=(int, int), required=True, metavar="H W",
+@click.option("--for-config", "for_config", default=None, metavar="CONFIG",
+              help="Import at the input size and channels of this network config (faces32, mini, le2012 or a "
+                   ".toml): what `repro evaluate` of a run of that config needs. Or give --size.")
+@click.option("--size", type=(int, int), default=None, metavar="H W",
               help="Output image size, e.g. 32 32 (the network config's input; `repro info --config NAME`). "
                    "Another size of an existing NAME goes beside it in ROOT/prepared/NAME@HxW.")
 @click.option("--positive", default=None, metavar="CLASS",
               help="The class (sub-folder) labelled 1, every other 0; without it each class gets its index.")
 @click.option("--split", default="test", show_default=True, help="Split name of the store (test, val, ...).")
-@click.option("--grey/--colour", "grey", default=True, show_default=True, help="Grey (H, W) or colour (H, W, 3).")
+@click.option("--grey/--colour", "grey", default=None, help="Grey (H, W) or colour (H, W, 3) (default: grey).")
 @click.option("--crop", type=click.Choice(["center", "none"]), default="center", show_default=True,
               help="center: the largest centred square, then resize; none: squash to the size.")
 @click.option("--skip-bad", is_flag=True, help="Skip undecodable images and report how many.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Decoding threads (default: all cores).")
 @root_option
-def import_cmd(folder: Path, name: str, size: tuple[int, int], positive: str | None, split: str, grey: bool,
-               crop: str, skip_bad: bool, workers: int | None, root: Path) -> None:
+def import_cmd(folder: Path, name: str, for_config: str | None, size: tuple[int, int] | None, positive: str | None,
+               split: str, grey: bool | None, crop: str, skip_bad: bool, workers: int | None, root: Path) -> None:
     """A labeled store from FOLDER/<class>/*.jpg|png|...: `repro evaluate --data NAME` takes it.
 
     \b
     Example:
       repro data import ~/photos --name mine --size 32 32 --positive faces   # ~/photos/faces, ~/photos/other
+      repro data import ~/photos --name mine --for-config faces32 --positive faces
     """
-
+    size, grey = _image_shape(for_config, size, grey)
+    if size is None:
+        raise ReproError("give the image size: --size H W, or --for-config CONFIG for a network's input size")
+    grey = True if grey is None else grey
     s = import_folder(folder, name, root, size, positive, grey, crop, split, skip_bad, workers, err_console())
     t = Table(title=f"{folder} -> {s['store']}")
     for c in ("class", "images", "label"):

@@ -136,3 +136,17 @@ def test_bad_import_folders(tmp_path, case, words) -> None:
     r = invoke("data", "import", d, "--name", "x", "--size", 32, 32, *args, "--root", root)
     one_line_error(r, *words)
     assert not (root / "prepared" / "x").exists() or not any((root / "prepared" / "x").iterdir())
+
+
+def test_import_for_config(tmp_path) -> None:
+    """--for-config takes the network's input size and channels; a clash or no size is one line."""
+    d, root = make_tree(tmp_path / "in", {"faces": 3, "other": 3}), tmp_path / "data"
+    r = invoke("data", "import", d, "--name", "x", "--for-config", "mini", "--positive", "faces", "--root", root)
+    assert r.exit_code == 0, r.output
+    assert open_store(root / "prepared" / "x" / "test").shape == (32, 32)
+    one_line_error(invoke("data", "import", d, "--name", "y", "--for-config", "mini", "--size", 8, 8, "--root", root),
+                   "--for-config mini", "disagree")
+    one_line_error(invoke("data", "import", d, "--name", "y", "--for-config", "mini", "--colour", "--root", root),
+                   "disagree")
+    one_line_error(invoke("data", "import", d, "--name", "y", "--root", root), "--size H W", "--for-config")
+    assert not (root / "prepared" / "y").exists()
