@@ -5,6 +5,7 @@ happens only at I/O boundaries (checkpoints, reports, MPI staging when MPI is no
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -138,12 +139,10 @@ def host_memory_available() -> tuple[int, str]:
     caches), or less when the process's cgroup (a Slurm job, a container) has a lower limit left;
     elsewhere the free pages."""
     best: tuple[int, str] | None = None
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):  # not Linux: the fallback below answers
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 best = (int(line.split()[1]) * 1024, "available (MemAvailable)")
-    except (OSError, ValueError, IndexError):
-        pass
     try:
         rel = next(ln.split(":", 2)[2] for ln in Path("/proc/self/cgroup").read_text().splitlines()
                    if ln.startswith("0::"))
