@@ -182,17 +182,25 @@ def fetch_cmd(name: str, from_path: Path | None, pin: bool, root: Path) -> None:
                             f"{pinning.pin_target(m, root)})")
 
 
+def for_config_option(verb: str, needs: str):  # noqa: ANN201 - a Click decorator
+    """--for-config, worded for the command that takes it (prepare and import share the check)."""
+    return click.option("--for-config", "for_config", default=None, metavar="CONFIG",
+                        help=f"{verb} at the input size and channels of this network config (faces32, mini, "
+                             f"le2012 or a .toml): what {needs}")
+
+
+def size_option(what: str):  # noqa: ANN201 - a Click decorator
+    return click.option("--size", type=(int, int), default=None, metavar="H W", help=f"Output image size, {what}")
+
+
 @data.command("prepare", cls=_WithNames)
 @click.argument("name")
 @click.option("--from", "from_path", type=click.Path(path_type=Path), default=None,
               help="Read inputs from this folder (or list file) instead of ROOT/raw/NAME; remembered in "
                    "ROOT/raw/NAME/source.json, so later prepares (another size) need not repeat it.")
-@click.option("--for-config", "for_config", default=None, metavar="CONFIG",
-              help="Prepare at the input size and channels of this network config (faces32, mini, le2012 "
-                   "or a .toml): what `repro train --config CONFIG --data NAME` needs.")
-@click.option("--size", type=(int, int), default=None, metavar="H W",
-              help="Output image size, overriding the manifest's (e.g. 32 32). Stores of other sizes stay: "
-                   "the manifest's size in ROOT/prepared/NAME, others in ROOT/prepared/NAME@HxW.")
+@for_config_option("Prepare", "`repro train --config CONFIG --data NAME` needs.")
+@size_option("overriding the manifest's (e.g. 32 32). Stores of other sizes stay: the manifest's size in "
+             "ROOT/prepared/NAME, others in ROOT/prepared/NAME@HxW.")
 @click.option("--grey/--colour", "grey", default=None,
               help="Grey (H, W) or colour (H, W, 3) images (default: the manifest's).")
 @click.option("--video-every", type=click.IntRange(0), default=None, metavar="K",
@@ -260,12 +268,9 @@ def _image_shape(for_config: str | None, size: tuple[int, int] | None, grey: boo
 @data.command("import")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Name of the new data set (ROOT/prepared/NAME/SPLIT).")
-@click.option("--for-config", "for_config", default=None, metavar="CONFIG",
-              help="Import at the input size and channels of this network config (faces32, mini, le2012 or a "
-                   ".toml): what `repro evaluate` of a run of that config needs. Or give --size.")
-@click.option("--size", type=(int, int), default=None, metavar="H W",
-              help="Output image size, e.g. 32 32 (the network config's input; `repro info --config NAME`). "
-                   "Another size of an existing NAME goes beside it in ROOT/prepared/NAME@HxW.")
+@for_config_option("Import", "`repro evaluate` of a run of that config needs. Or give --size.")
+@size_option("e.g. 32 32 (the network config's input; `repro info --config NAME`). Another size of an "
+             "existing NAME goes beside it in ROOT/prepared/NAME@HxW.")
 @click.option("--positive", default=None, metavar="CLASS",
               help="The class (sub-folder) labelled 1, every other 0; without it each class gets its index.")
 @click.option("--split", default="test", show_default=True, help="Split name of the store (test, val, ...).")
