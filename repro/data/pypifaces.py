@@ -407,6 +407,10 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
     n = int(p.get("frames", 20000))
     ff, pf = float(p.get("face_fraction", 0.3)), float(p.get("paste_fraction", 0.0))
     of = float(p.get("object_fraction", 0.0))
+    # train_min_texture: face-free frames obey the texture rule of val/test's distractors, so that
+    # texture alone does not tell a face frame from the rest (off: the frames as they always were)
+    textured = bool(p.get("train_min_texture", False))
+    min_std, min_edge = float(p.get("min_std", 24.0)), float(p.get("min_edge", 6.0))
     fj = p.get("face_jitter")  # None: anywhere in the frame; else the face centre within this share of the side
     fj = None if fj is None else float(fj)
 
@@ -450,6 +454,12 @@ def train_frames(faces: list[Face], scenes: list[Picture], p: dict[str, Any], si
         else:
             win = _scene_crop(scene, rng, cs)
             fr = _cut(scene.img, win, size)
+            for _ in range(20 if textured else 0):  # as textured as val/test's distractors (their rule)
+                sd, ed = texture(fr)
+                if sd >= min_std and ed >= min_edge:
+                    break
+                scene = scenes[int(rng.integers(len(scenes)))]
+                fr = _cut(scene.img, _scene_crop(scene, rng, cs), size)
             rec.update(source=scene.name, photo=scene.src.group, face_like=scene.src.kind == "face-like")
             if rng.random() < of / max(1e-9, 1.0 - ff):  # a non-face pasted like a face: pasting is no face cue
                 other = scenes[int(rng.integers(len(scenes)))]
@@ -683,6 +693,7 @@ def prepare(m: Manifest, root: Path, force: bool = False, seed: int | None = Non
 # the knobs that change only the training frames, and those that change only val/test: a store is
 # rebuilt only when a knob it depends on changes
 TRAIN_KNOBS = ("seed", "frames", "face_fraction", "face_scale", "face_jitter", "paste_fraction", "object_fraction",
+               "train_min_texture",
                "shard_size")
 VAL_KNOBS = ("split_seed", "test_face_scale", "test_jitter", "photo_crops", "orl_crops", "facelike_crops",
              "negative_ratio", "min_std", "min_edge", "aligned_fraction", "composite", "composite_negatives")
