@@ -10,6 +10,7 @@ and ``g``), so a resumed run ends with the same parameters as an uninterrupted o
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -181,15 +182,13 @@ def run_provenance() -> dict[str, Any]:
                            "python": platform.python_version(), "host": platform.node()}
     src = Path(__file__).resolve().parents[2]
     if (src / ".git").exists():
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):  # no git: the record says less
             head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
                                   timeout=10).stdout.strip()
             dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
                                    capture_output=True, text=True, timeout=10).stdout.strip()
             if head:
                 rec["git_commit"] = head + ("+dirty" if dirty else "")
-        except (OSError, subprocess.SubprocessError):
-            pass
     return rec
 
 

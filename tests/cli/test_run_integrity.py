@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
+import repro
 from support.cli import invoke, one_line_error
 
 STEPS = ("--layer-steps", 4, "--finetune-steps", 2, "--batch", 16, "--checkpoint-every", 2)
@@ -72,6 +74,9 @@ def test_max_steps_is_the_total_and_train_json_covers_every_segment(stopped, dat
     s = json.loads((stopped / "train.json").read_text())
     assert s["finished"] and s["steps_done"] == 14
     assert [(g["from_step"], g["to_step"]) for g in s["segments"]] == [(0, 4), (4, 7), (7, 14)]
+    # the package runs from this checkout: each segment names its git commit
+    if (Path(repro.__file__).resolve().parents[1] / ".git").exists():
+        assert all(len(g["git_commit"].split("+")[0]) == 40 for g in s["segments"]), s["segments"]
     before = snapshot(stopped)
     r = invoke("train", "--out", stopped, "--root", data_root, "--resume")  # a finished run: its record stays
     assert r.exit_code == 0 and "nothing to do" in r.output
@@ -152,9 +157,6 @@ BAD_CONFIGS = [
 def mini_with(tmp_path, key, value):
     """The shipped mini config with the first ``key = ...`` line set to ``value``."""
     import re
-    from pathlib import Path
-
-    import repro
 
     text = (Path(repro.__file__).parent / "configs" / "mini.toml").read_text()
     text, n = re.subn(rf"^{key} *=.*$", f"{key} = {value}", text, count=1, flags=re.M)
