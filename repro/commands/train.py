@@ -8,9 +8,11 @@ import click
 
 from repro.data.builtin import builtin_manifest
 from repro.data.store import is_complete
+from repro.engine.comm import check_replicas
 from repro.engine.stop import exit_code
 from repro.experiments.run import open_session, training_store
-from repro.experiments.train import (check_memory, check_run_folder, check_same_data, prepare_run_folder, resolve_config,
+from repro.experiments.train import (check_memory, check_run_folder, check_same_data, check_same_replicas,
+                                     prepare_run_folder, resolve_config,
                                      train as run_training, training_data_for)
 from repro.options import device_option, err_console, out_console, root_option
 
@@ -38,6 +40,10 @@ from repro.options import device_option, err_console, out_console, root_option
               help="Seed of the initial weights and the data order (default: the config's).")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None,
               help="Steps between checkpoints (default: the config's).")
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True,
+              help="Data parallelism: the job's ranks form this many model-parallel copies of the network, each "
+              "training on its own --batch images of every step, gradients averaged (the step's batch is "
+              "replicas x batch). Must divide the rank count.")
 @click.option("--keep", type=click.IntRange(1), default=2, show_default=True, help="Checkpoints to keep (newest).")
 @click.option("--progress-every", type=click.FloatRange(0.1), default=30.0, show_default=True,
               envvar="REPRO_PROGRESS_EVERY",
@@ -49,7 +55,7 @@ from repro.options import device_option, err_console, out_console, root_option
 @device_option
 @click.pass_obj
 def train(obj, config_name, data, root, out, resume, force, max_steps, layer_steps, finetune_steps, batch, lr,  # noqa: ANN001
-          optimizer, seed, checkpoint_every, keep, progress_every, print_config) -> int:
+          optimizer, seed, checkpoint_every, replicas, keep, progress_every, print_config) -> int:
     """Train a network (default: faces32 on the built-in pypi-faces data) on any number of MPI ranks, CPU or GPU.
 
     \b
@@ -57,6 +63,7 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
       repro train --out results/faces32
       repro train --config mini --layer-steps 200 --print-config
       mpiexec -n 4 repro train --device cpu --out results/r4
+      mpiexec -n 4 repro train --replicas 2 --out results/r2x2   # 2 copies of 2 ranks each
       repro train --out results/faces32 --resume
     """
     if resume and out is None:
@@ -66,8 +73,10 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
     console = err_console()
     # everything is checked before the run folder is touched: a bad start changes nothing
     session = open_session(obj.device, out, create=None)
+    check_replicas(session.w.size, replicas)
     if not print_config:
         check_run_folder(session.run, resume, force)
+        check_same_replicas(session.run, resume, replicas)
     cfg = resolve_config(session, config_name, resume, {
         "layer_steps": layer_steps, "finetune_steps": finetune_steps, "batch": batch, "lr": lr,
         "optimizer": optimizer, "seed": seed, "checkpoint_every": checkpoint_every})
@@ -75,7 +84,7 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
         if session.w.is_root:  # plain text, not rich: JSON brackets are not markup
             click.echo(json.dumps(cfg.as_json(), indent=2))
         return 0
-    check_memory(session, cfg, config_name)
+    check_memory(session, cfg, config_name, replicas)
     name = training_data_for(session.run, data, cfg, resume)
     announced = session.w.is_root and announce_builtin(name, root, console)
     # the line above replaces the builder's own note, so that it is said once
@@ -85,7 +94,7 @@ def train(obj, config_name, data, root, out, resume, force, max_steps, layer_ste
         check_same_data(session, store, console)
     prepare_run_folder(session, force, console)
     summary = run_training(session, cfg, store, resume=resume, max_steps=max_steps, console=console,
-                           keep=keep, progress_every=progress_every)
+                           keep=keep, progress_every=progress_every, replicas=replicas)
     done, total = summary["steps_done"], summary["steps_total"]
     if session.w.is_root:
         state = f"finished {done} of {total} steps" if summary["finished"] else f"stopped at step {done} of {total}"

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 from mpi4py import MPI
 
+from repro.errors import ReproError
+
 # How long a failing rank other than 0 waits before it prints, so that an error raised on every
 # rank at once (bad input) is shown once, by rank 0, whose abort then ends the others.
 _ABORT_GRACE_S = 1.0
@@ -104,6 +106,42 @@ def cuda_aware_mpi() -> bool:
             return False
     version = MPI.Get_library_version().lower()
     return "cuda" in version and "open mpi" in version and os.environ.get("OMPI_MCA_opal_cuda_support") == "true"
+
+
+@dataclass
+class Mesh:
+    """The ranks as ``replicas`` x (size / replicas): each replica a model-parallel group (``model``:
+    the ranks that share one copy of the network, tile by tile) and, across replicas, the ranks that
+    hold the same tile (``across``: where gradients are averaged). Data parallelism over replicas,
+    model parallelism inside each, as Le et al. trained many model-parallel copies at once."""
+
+    world: World
+    model: World
+    across: World
+    replicas: int
+
+    @property
+    def replica(self) -> int:
+        return self.world.rank // self.model.size
+
+
+def check_replicas(size: int, replicas: int) -> None:
+    """The one place a mesh shape is validated (the command calls it before touching the run folder)."""
+    if replicas < 1 or size % replicas:
+        raise ReproError(f"--replicas {replicas}: must divide the {size} rank(s) of the job "
+                         f"(each replica gets the same number of ranks)")
+
+
+def mesh(w: World, replicas: int) -> Mesh:
+    """Cut ``w`` into ``replicas`` consecutive model-parallel groups (collective). One replica is ``w``
+    itself, so a run without replicas takes exactly today's path."""
+    check_replicas(w.size, replicas)
+    if replicas == 1:
+        return Mesh(w, w, World(MPI.COMM_SELF), 1)
+    per = w.size // replicas
+    model = World(w.comm.Split(color=w.rank // per, key=w.rank))
+    across = World(w.comm.Split(color=w.rank % per, key=w.rank))
+    return Mesh(w, model, across, replicas)
 
 
 def report_and_abort(message: str, code: int) -> None:

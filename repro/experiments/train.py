@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from repro import __version__, atomic
 from repro.data.loader import Loader
 from repro.engine import threads
-from repro.engine.backend import DTYPE, rank_memory
+from repro.engine.backend import DTYPE, is_gpu, rank_memory, to_numpy
+from repro.engine.comm import Mesh, mesh
 from repro.engine.stop import StopRequests
 from repro.errors import ReproError
 from repro.experiments.run import Session, data_record, recorded_training_data
@@ -73,26 +75,35 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
 
 
 def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False, max_steps: int | None = None,
-          console: Console | None = None, keep: int = 2, progress_every: float = 30.0) -> dict[str, Any]:
+          console: Console | None = None, keep: int = 2, progress_every: float = 30.0, replicas: int = 1
+          ) -> dict[str, Any]:
     """Run (or continue) the schedule; checkpoints in ``RUN/checkpoints`` (the newest ``keep``); returns the summary.
 
     ``max_steps`` is the step to stop at, counted from the start of the run (a resumed run at step
     1200 with ``max_steps`` 1300 trains 100 steps). A run already at or past it changes nothing.
     SIGTERM, SIGUSR1 or Ctrl-C stop every rank after the current step, with a checkpoint there
-    (``summary["stopped_by"]`` names the signal)."""
-    w, xp, t = session.w, session.xp, cfg.train
+    (``summary["stopped_by"]`` names the signal).
+
+    ``replicas`` R: the job's ranks form R model-parallel copies of the network (``comm.mesh``); each
+    step's R x ``train.batch`` images are shared out, a slice per replica, and the gradients averaged
+    across replicas before the update, so R replicas give the parameters of one copy trained with
+    batch R x ``train.batch``. Replica 0 writes the checkpoints (one copy of the model)."""
+    w, xp, t = session.w, session.xp, cfg.train  # w: the whole job (stops, log, record)
+    check_same_replicas(session.run, resume, replicas)
+    m = mesh(w, replicas)
+    mw = m.model  # this replica's ranks: the network lives on them
     console = console or Console(stderr=True)
     cfg.check_image_shape(tuple(store.shape), str(getattr(store, "path", "dataset")))
     ck_dir = session.run / "checkpoints"
     opt = Optimizer.from_config(t)
     start = 0
     if resume and (ck_dir / "latest.json").exists():
-        net, manifest = load_checkpoint(ck_dir, cfg, xp, w, opt=opt)
+        net, manifest = load_checkpoint(ck_dir, cfg, xp, mw, opt=opt)
         start = int(manifest["step"])
     else:
         if resume and w.is_root:
             console.print(f"no checkpoint in {ck_dir}: starting from step 0")
-        net = Network.create(cfg, seed=t.seed, xp=xp, w=w)
+        net = Network.create(cfg, seed=t.seed, xp=xp, w=mw)
     phases = schedule(cfg)
     total = sum(p.steps for p in phases)
     end = total if max_steps is None else min(total, max_steps)
@@ -113,13 +124,16 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
     phase_start_loss: dict[str, float] = {}
     began, t0, seen, done, stopped_by = _utc_now(), time.perf_counter(), 0, start, None
     if w.is_root:
-        console.print(f"train {cfg.name}: steps {start} -> {end} of {total} on {w.size} rank(s) "
+        console.print(f"train {cfg.name}: steps {start} -> {end} of {total} on {w.size} rank(s)"
+                      + (f" = {m.replicas} replicas x {mw.size}" if m.replicas > 1 else "") + " "
                       f"({session.backend.name}), {threads.describe()}")
     with StopRequests() as stops, TrainProgress(console, total, start, w.is_root, progress_every) as progress, \
             (open(log_path, "a", buffering=1) if w.is_root else _Null()) as log:
-        # every rank of the model-parallel group reads the same images, step by step, read ahead
+        # every rank of a replica reads the same images, step by step, read ahead; replica r the r-th
+        # slice of the step's R x batch images
+        lo = m.replica * t.batch
         batches = Loader(store, t.batch, t.seed, shuffle=False).read(
-            batch_indices(len(store), t.batch, t.seed, g) for g in range(start, end))
+            batch_indices(len(store), t.batch * m.replicas, t.seed, g)[lo:lo + t.batch] for g in range(start, end))
         grad_bufs: dict = {}
         for g in range(start, end):
             phase = next(p for p in phases if p.start <= g < p.start + p.steps)
@@ -129,13 +143,15 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
             else:
                 loss, grads = net.layer_loss_and_grads(x, phase.stage, out=grad_bufs)
             grad_bufs.update(grads)  # the next step writes its gradients over these
+            if m.replicas > 1:
+                loss = _average_across_replicas(grads, loss, m, xp)
             apply_update(net, opt, grads)
             first = phase_start_loss.setdefault(phase.name, loss)
             if not np.isfinite(loss) or loss > DIVERGED * first:
                 raise ReproError(f"loss diverged at step {g + 1} ({phase.name}: {first:.4g} -> {loss:.4g}); "
                                  "lower train.lr (--lr)")
             losses[phase.name] = loss
-            seen += t.batch
+            seen += t.batch * m.replicas
             ips = seen / (time.perf_counter() - t0)
             done = g + 1
             progress.update(done, phase.name, loss, ips)
@@ -147,12 +163,16 @@ def train(session: Session, cfg: NetworkConfig, store: Any, resume: bool = False
                 if not _finite(net):  # a finite loss before the update does not make finite weights after it
                     raise ReproError(f"parameters are no longer finite after step {done} ({phase.name}); no checkpoint "
                                      "written; lower train.lr (--lr)")
-                save_checkpoint(net, opt, ck_dir, done, {"phase": phase.name}, keep=keep)
+                if m.replica == 0:  # replicas hold the same parameters: one copy is written
+                    save_checkpoint(net, opt, ck_dir, done, {"phase": phase.name}, keep=keep)
+                if m.replicas > 1:
+                    w.barrier()  # no replica runs ahead of a checkpoint being written
             if stopped_by:
                 break
         batches.close()
     wall = time.perf_counter() - t0
-    segment = {"from_step": start, "to_step": done, "ranks": w.size, "device": session.backend.name,
+    segment = {"from_step": start, "to_step": done, "ranks": w.size, "replicas": m.replicas,
+               "batch": t.batch * m.replicas, "device": session.backend.name,
                "threads_per_rank": threads.configure()[0], "seconds": wall,
                "images_per_s": seen / wall if wall else 0.0, "started": began, "ended": _utc_now(),
                **run_provenance()}
@@ -234,6 +254,29 @@ class TrainProgress:
         f.flush()
 
 
+def _average_across_replicas(grads: dict[str, Any], loss: float, m: Mesh, xp: Any) -> float:
+    """Every gradient tile summed over the ranks holding that tile in the other replicas, then divided
+    by R (one Allreduce per array; through host memory on GPUs); the loss averaged alike."""
+    for name, g in grads.items():
+        buf = to_numpy(g) if is_gpu(xp) else np.ascontiguousarray(g)
+        m.across.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        buf /= m.replicas
+        if buf is not g:
+            g[...] = xp.asarray(buf)
+    return float(sum(m.across.allgather(float(loss)))) / m.replicas
+
+
+def check_same_replicas(run: Path, resume: bool, replicas: int) -> None:
+    """--resume keeps the experiment: with replicas the step's batch is R x train.batch, so another R
+    would change it."""
+    prev = _read_summary(run) if resume else None
+    segs = (prev or {}).get("segments") or []
+    had = int(segs[-1].get("replicas", 1)) if segs else replicas
+    if had != replicas:
+        raise ReproError(f"--replicas {replicas}: the run was trained with --replicas {had} (train.json); each "
+                         "step's batch is replicas x train.batch, so --resume keeps it")
+
+
 def _finite(net: Network) -> bool:
     """Every rank's parameters finite (collective)."""
     ok = all(bool(net.xp.isfinite(p).all()) for p in net.params.values())
@@ -308,7 +351,7 @@ RUN_FILES = ("checkpoints", "config.json", "data.json", "train.json", "train-log
 RUN_PATTERNS = ("evaluate-*.json", "evaluate-*.md", "histogram-*", "best-neuron-*", "invariance-*")
 
 
-def check_memory(session: Session, cfg: NetworkConfig, config_arg: str | None = None) -> None:
+def check_memory(session: Session, cfg: NetworkConfig, config_arg: str | None = None, replicas: int = 1) -> None:
     """Refuse, before anything is allocated, a run that cannot fit: every rank compares the planned
     bytes of its tile (``repro info``'s estimate) with the memory it can count on, and all ranks
     raise the same one-line error naming the worst rank. ``REPRO_MEMORY_CHECK=off`` skips it (the
@@ -316,7 +359,8 @@ def check_memory(session: Session, cfg: NetworkConfig, config_arg: str | None = 
     if os.environ.get("REPRO_MEMORY_CHECK", "").lower() in ("off", "0", "no"):
         return
     w, backend = session.w, session.backend
-    need = estimate_rank(cfg, w.rank, w.size, cfg.train.batch, np.dtype(DTYPE).itemsize, backend.is_gpu).total
+    per = max(1, w.size // replicas)  # a rank holds its tile of one replica's network
+    need = estimate_rank(cfg, w.rank % per, per, cfg.train.batch, np.dtype(DTYPE).itemsize, backend.is_gpu).total
     have = rank_memory(session.xp, w)
     short = w.allgather(None if need <= have[0] else (need - have[0], w.rank, need, have))
     worst = max((s for s in short if s is not None), default=None)
@@ -324,7 +368,7 @@ def check_memory(session: Session, cfg: NetworkConfig, config_arg: str | None = 
         _, rank, need, (avail, where) = worst
         raise ReproError(
             f"config {cfg.name!r} needs about {human(need)} per rank to train on {w.size} rank(s) "
-            f"(batch {cfg.train.batch}; `repro info --config {config_arg or cfg.name} --ranks {w.size} --batch {cfg.train.batch}` breaks it down), but rank "
+            f"(batch {cfg.train.batch}; `repro info --config {config_arg or cfg.name} --ranks {per} --batch {cfg.train.batch}` breaks it down), but rank "
             f"{rank} can count on {human(avail)} ({where}): use more ranks or a smaller train.batch "
             "(REPRO_MEMORY_CHECK=off tries anyway)")
 
